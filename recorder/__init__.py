@@ -1,0 +1,68 @@
+"""commtrace's recorder: every collective of every rank, plus the host's network counters.
+
+Zero code change: ``COMMTRACE_DIR=/path torchrun ... train.py``. Or explicitly::
+
+    import recorder
+    with recorder.recording("/path/to/traces"):
+        ...                     # init_process_group, training
+        recorder.step()         # once per training step, optional
+
+Importing this package imports nothing heavy; torch is loaded only when recording starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from recorder import _state
+
+__all__ = ["enable", "disable", "recording", "step", "is_enabled", "flush"]
+
+
+def enable(directory: str | os.PathLike | None = None, **settings: object) -> bool:
+    """Record from now on into ``directory`` (default ``$COMMTRACE_DIR``).
+
+    Call it before ``init_process_group``. Enabling twice is harmless (returns False, warns once).
+    ``settings`` override ``COMMTRACE_*`` variables by the Config field names (``flush_s=0.5``).
+    """
+    from recorder import _session
+
+    return _session.enable(directory, **settings)
+
+
+def disable() -> None:
+    """Stop recording, write what is buffered, and restore ``torch.distributed`` exactly."""
+    from recorder import _session
+
+    _session.disable()
+
+
+@contextlib.contextmanager
+def recording(directory: str | os.PathLike | None = None, **settings: object):
+    """``with recording(dir): ...`` records the block and restores torch afterwards."""
+    started = enable(directory, **settings)
+    try:
+        yield
+    finally:
+        if started:
+            disable()
+
+
+def step(number: int | None = None) -> int:
+    """Mark the start of a training step; events carry it. Without an argument, count up by one."""
+    if number is None:
+        number = 0 if _state.step is None else _state.step + 1
+    _state.step = int(number)
+    return _state.step
+
+
+def is_enabled() -> bool:
+    return _state.session is not None
+
+
+def flush() -> None:
+    """Write everything finished so far now (normally the writer does it every COMMTRACE_FLUSH_S)."""
+    session = _state.session
+    if session is not None:
+        session.flush()

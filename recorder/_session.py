@@ -1,0 +1,527 @@
+"""One recording session per process: the buffer, the writer thread, the run's files and lifecycle.
+
+Life of a session: created by :func:`enable` (or the environment variable) before any process
+group exists; starts writing when the default group is created and rank 0 has shared the run id
+through the job's store; flushes every ``COMMTRACE_FLUSH_S``; closes at ``destroy_process_group``,
+at exit or on SIGTERM, writing what is still in flight with its end unset.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from datetime import timedelta
+
+from recorder import _state, clock
+from recorder import capture as C
+from recorder._log import warn_once
+from recorder.config import Config, from_env
+from recorder.schema import RANK_META_PREFIX, RUN_META, SCHEMA_VERSION
+from recorder.writer import SegmentWriter, records_to_table, wall_minus_mono
+
+ENV_PREFIXES = ("TORCH_", "NCCL_", "COMMTRACE_", "GLOO_", "TORCHELASTIC_", "MASTER_", "OMP_", "CUDA_")
+ENV_NAMES = (
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "GROUP_WORLD_SIZE",
+    "SLURM_JOB_ID",
+    "SLURM_PROCID",
+    "SLURM_NODEID",
+    "SLURM_NNODES",
+    "SLURM_JOB_NAME",
+    "HOSTNAME",
+)
+SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL", "AUTH", "COOKIE")
+RUN_ID_KEY = "commtrace/run_id"
+POLL_MIN_S = 0.0005
+POLL_MAX_S = 0.05
+
+
+def allowed_env(env: dict[str, str]) -> dict[str, str]:
+    """The part of the environment safe to write down: known prefixes, never anything secret-like."""
+    out = {}
+    for name, value in env.items():
+        if not (name.startswith(ENV_PREFIXES) or name in ENV_NAMES):
+            continue
+        if any(word in name.upper() for word in SECRET_WORDS):
+            continue
+        out[name] = value
+    return dict(sorted(out.items()))
+
+
+def _job_id(env: dict[str, str]) -> str | None:
+    for name in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "LSB_JOBID", "PBS_JOBID", "JOB_ID"):
+        value = env.get(name)
+        if value and value != "none":
+            return value
+    return None
+
+
+def _new_run_id(env: dict[str, str]) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
+    job = _job_id(env)
+    parts = [stamp] + ([_clean(job)] if job else []) + [secrets.token_hex(3)]
+    restart = env.get("TORCHELASTIC_RESTART_COUNT")
+    if restart and restart != "0":
+        parts.append(f"r{_clean(restart)}")
+    return "-".join(parts)
+
+
+def _clean(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)[:64]
+
+
+def _atomic_json(path: str, payload: dict, exclusive: bool = False) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=1, sort_keys=True, default=str)
+    if exclusive:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    else:
+        os.replace(tmp, path)
+
+
+class Session:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pid = os.getpid()
+        self.incarnation = f"{self.pid}-{secrets.token_hex(2)}"
+        self.buffer: collections.deque = collections.deque()
+        self.max_buffered = config.max_buffered
+        self.dropped = 0
+        self.inflight: list = []
+        self.pending_poll: collections.deque = collections.deque()  # filled by the hot path
+        self._polled: list = []  # the writer's own list of works it polls
+        self.groups: dict[str, C.GroupInfo] = {}
+        self.rank: int | None = None
+        self.world_size: int | None = None
+        self.run_id: str | None = None
+        self.run_dir: str | None = None
+        self.writer: SegmentWriter | None = None
+        self.clock: dict[str, object] = {}
+        self.started_ns = time.time_ns()
+        self.failed = False
+        self.closed = False
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._dtype_cache: dict = {}
+        self._flush_cpu_s = 0.0
+        self._store = None
+        self._thread = threading.Thread(target=self._run, name="commtrace-writer", daemon=True)
+        self._thread.start()
+
+    # -- process groups ----------------------------------------------------------------------------
+    def on_group_created(self, pg, store, is_default: bool) -> None:
+        if (
+            any(getattr(d, "type", None) == "cuda" for d in getattr(pg, "_device_types", []))
+            and self.config.cuda_timing
+        ):
+            self.enable_cuda_timing(pg, None)
+        if is_default and self.rank is None:
+            self.start(pg.rank(), pg.size(), store)
+
+    def enable_cuda_timing(self, pg, info) -> None:
+        try:
+            pg._enable_collectives_timing()
+        except Exception as exc:
+            warn_once("cuda:timing", "CUDA collective timing unavailable (%r); GPU durations not recorded", exc)
+        if info is not None:
+            info.timing_enabled = True
+
+    def start(self, rank: int, world_size: int, store) -> None:
+        """Called once the default group exists: learn the run id and start writing, off the hot path."""
+        self.rank, self.world_size, self._store = rank, world_size, store
+        threading.Thread(target=self._startup, name="commtrace-startup", daemon=True).start()
+
+    def _startup(self) -> None:
+        try:
+            run_id = self.config.run_id or self._agree_run_id()
+            run_dir = os.path.join(self.config.dir, run_id)
+            rank_dir = os.path.join(run_dir, f"rank={self.rank:05d}")
+            os.makedirs(rank_dir, exist_ok=True)
+            with self._lock:
+                self.run_id, self.run_dir = run_id, run_dir
+                self.writer = SegmentWriter(
+                    rank_dir, self.incarnation, {"commtrace.run_id": run_id, "commtrace.rank": str(self.rank)}
+                )
+            if self.rank == 0:
+                _atomic_json(os.path.join(run_dir, RUN_META), self._run_meta(), exclusive=True)
+            self.write_rank_meta()
+            if self.config.clock_sync and self.world_size and self.world_size > 1:
+                self._sync_clock("start", timeout_s=30.0)
+                self.write_rank_meta()
+        except Exception as exc:
+            self._fail("startup", exc)
+
+    def _agree_run_id(self) -> str:
+        env = dict(os.environ)
+        if not self.world_size or self.world_size == 1 or self._store is None:
+            return _new_run_id(env)
+        key = f"{RUN_ID_KEY}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        try:
+            if self.rank == 0:
+                run_id = _new_run_id(env)
+                self._store.set(key, run_id.encode())
+                return run_id
+            self._store.wait([key], timedelta(seconds=60))
+            return self._store.get(key).decode()
+        except Exception as exc:
+            warn_once(
+                "run_id",
+                "ranks could not agree on a run id through the store (%r); "
+                "set COMMTRACE_RUN_ID to group this job's files",
+                exc,
+            )
+            return f"{_new_run_id(env)}-rank{self.rank}"
+
+    def _sync_clock(self, phase: str, timeout_s: float) -> None:
+        store = self._store
+        if store is None:
+            return
+        try:
+            if self.rank == 0:
+                served = clock.serve(store, self.world_size, phase, self.config.clock_rounds, timeout_s)
+                self.clock[phase] = {
+                    "offset_ns": 0,
+                    "rtt_ns": 0,
+                    "rounds": 0,
+                    "reference": True,
+                    "ranks_served": served,
+                    "measured_at_ns": time.time_ns(),
+                }
+            else:
+                result = clock.measure(store, self.rank, phase, self.config.clock_rounds, timeout_s)
+                if result is not None:
+                    self.clock[phase] = result
+        except Exception as exc:
+            warn_once(f"clock:{phase}", "clock offset (%s) not measured: %r", phase, exc)
+
+    # -- metadata ----------------------------------------------------------------------------------
+    def _common_meta(self) -> dict:
+        import torch
+
+        env = dict(os.environ)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "world_size": self.world_size,
+            "job_id": _job_id(env),
+            "restart_count": int(env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0),
+            "torch_version": torch.__version__,
+            "python_version": sys.version.split()[0],
+            "recorder_version": _version(),
+        }
+
+    def _run_meta(self) -> dict:
+        meta = self._common_meta()
+        meta.update({"created_ns": self.started_ns, "created_by_host": socket.gethostname()})
+        return meta
+
+    def write_rank_meta(self) -> None:
+        with self._lock:
+            if self.writer is None:
+                return
+            meta = self._common_meta()
+            meta.update(
+                {
+                    "rank": self.rank,
+                    "local_rank": _int_env("LOCAL_RANK"),
+                    "host": socket.gethostname(),
+                    "pid": self.pid,
+                    "incarnation": self.incarnation,
+                    "started_ns": self.started_ns,
+                    "updated_ns": time.time_ns(),
+                    "closed": self.closed,
+                    "config": self.config.as_dict(),
+                    "env": allowed_env(dict(os.environ)),
+                    "clock": self.clock,
+                    "process_groups": [
+                        {
+                            "pg": g.name,
+                            "desc": g.desc,
+                            "size": g.size,
+                            "ranks": g.ranks,
+                            "backend": g.backend,
+                            "group_rank": g.group_rank,
+                        }
+                        for g in self.groups.values()
+                    ],
+                    "dropped_events": self.dropped,
+                    "segments_written": self.writer.index,
+                    "rows_written": self.writer.rows_written,
+                    "bytes_written": self.writer.bytes_written,
+                    "recorder_cpu_s": round(self._flush_cpu_s, 6),
+                }
+            )
+            path = os.path.join(self.writer.rank_dir, f"{RANK_META_PREFIX}-{self.incarnation}.json")
+        _atomic_json(path, meta)
+
+    # -- writing -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        flush_s = self.config.flush_s
+        next_flush = time.monotonic() + flush_s
+        poll_s = POLL_MIN_S
+        while not self._stop.is_set():
+            flush_in = max(0.0, next_flush - time.monotonic())
+            polling = self.pending_poll or self._polled
+            woke = self._wake.wait(min(poll_s, flush_in) if polling else flush_in)
+            if self._stop.is_set():
+                break
+            if self.pending_poll or self._polled:
+                # Poll fast while works complete, back off while they sit (an isend nobody waits on).
+                poll_s = POLL_MIN_S if self._poll_works() else min(poll_s * 2, POLL_MAX_S)
+            if woke or time.monotonic() >= next_flush:
+                self._wake.clear()
+                self.flush()
+                next_flush = time.monotonic() + flush_s
+
+    def _poll_works(self) -> bool:
+        """Complete the polled records whose works are done; True if any was."""
+        inbox = self.pending_poll
+        while inbox:
+            self._polled.append(inbox.popleft())
+        still = []
+        for rec in self._polled:
+            work = rec[C.WORK]
+            try:
+                done = work.is_completed()
+            except Exception:
+                done = True
+            if not done:
+                still.append(rec)
+                continue
+            now = time.monotonic_ns()
+            if rec[C.DEVICE] == "cuda":
+                try:
+                    rec[C.GPU_NS] = int(work._get_duration() * 1e6)
+                except Exception:
+                    pass
+            try:
+                rec[C.STATUS] = C.OK if work.is_success() else C.ERROR
+            except Exception:
+                rec[C.STATUS] = C.OK
+            rec[C.WORK] = None
+            rec[C.T1] = now
+        completed = len(still) < len(self._polled)
+        self._polled = still
+        return completed
+
+    def flush(self, final: bool = False) -> None:
+        """Write every finished operation; with ``final``, what is in flight too (end unset)."""
+        if self.failed:
+            return
+        cpu0 = time.thread_time()
+        try:
+            with self._lock:
+                if self.writer is None:
+                    return
+                drained = []
+                buf = self.buffer
+                while buf:
+                    drained.append(buf.popleft())
+                candidates = self.inflight + drained
+                now = time.monotonic_ns()
+                horizon = now - int(self.config.pending_s * 1e9)
+                done, waiting = [], []
+                for rec in candidates:
+                    if rec[C.T1] is not None or final or rec[C.T0] < horizon:
+                        done.append(rec)
+                    else:
+                        waiting.append(rec)
+                if len(waiting) > self.max_buffered:
+                    done.extend(waiting[: len(waiting) - self.max_buffered])
+                    waiting = waiting[len(waiting) - self.max_buffered :]
+                self.inflight = waiting
+                if not done:
+                    return
+                for rec in done:
+                    info = rec[C.PG]
+                    if info.name not in self.groups:
+                        self.groups[info.name] = info
+                table = records_to_table(done, self.rank, wall_minus_mono(), self._dtype_cache)
+                self.writer.write(table)
+                for rec in done:
+                    rec[C.WORK] = None
+        except Exception as exc:
+            self._fail("writer", exc)
+        finally:
+            self._flush_cpu_s += time.thread_time() - cpu0
+
+    def _fail(self, where: str, exc: BaseException) -> None:
+        """Our own failure: say it once, stop recording, leave training alone."""
+        self.failed = True
+        warn_once(f"fail:{where}", "recording stopped (%s failed: %r); training continues unaffected", where, exc)
+        if _state.session is self:
+            _state.session = None
+        self.buffer.clear()
+        self.inflight = []
+
+    def before_destroy(self, group) -> None:
+        if group is not None:
+            try:
+                import torch.distributed.distributed_c10d as c10d
+
+                if group is not c10d._world.default_pg:
+                    self.flush()
+                    return
+            except Exception:
+                return
+        if self.config.clock_sync and self.world_size and self.world_size > 1 and self.writer is not None:
+            self._sync_clock("end", timeout_s=5.0)
+        self.close()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Final flush (in-flight operations included), metadata, stop the writer. Runs once."""
+        if self.closed or os.getpid() != self.pid:
+            return
+        self.closed = True
+        if _state.session is self:
+            _state.session = None
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
+        if self.pending_poll or self._polled:
+            self._poll_works()
+        self.flush(final=True)
+        if not self.failed:
+            try:
+                self.write_rank_meta()
+            except Exception as exc:
+                warn_once("fail:meta", "could not write the rank's metadata: %r", exc)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("commtrace")
+    except Exception:
+        return "unknown"
+
+
+def _int_env(name: str) -> int | None:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        return None
+
+
+# -- process-wide lifecycle ----------------------------------------------------------------------
+_hooks_installed = False
+_previous_sigterm = None
+
+
+def _at_exit() -> None:
+    session = _state.session
+    if session is not None:
+        session.close()
+
+
+def _on_sigterm(signum, frame) -> None:
+    try:
+        _at_exit()
+    finally:
+        previous = _previous_sigterm
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (a DataLoader worker) never writes into its parent's files.
+    _state.session = None
+
+
+def _install_process_hooks() -> None:
+    global _hooks_installed, _previous_sigterm
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_at_exit)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+    try:
+        if threading.current_thread() is threading.main_thread():
+            current = signal.getsignal(signal.SIGTERM)
+            if current in (signal.SIG_DFL, None) or callable(current):
+                _previous_sigterm = current
+                signal.signal(signal.SIGTERM, _on_sigterm)
+    except Exception:
+        pass
+
+
+def enable(directory: str | os.PathLike | None = None, **settings: object) -> bool:
+    """Start recording into ``directory`` (default ``$COMMTRACE_DIR``). False if already recording."""
+    from recorder import install
+
+    if _state.session is not None:
+        warn_once("enable:twice", "recording is already on; enable() again does nothing")
+        return False
+    config = from_env(dir=str(directory) if directory is not None else None, **settings)
+    if not config.dir:
+        warn_once("enable:nodir", "no trace directory given (set COMMTRACE_DIR); recording stays off")
+        return False
+    install.install()
+    _install_process_hooks()
+    session = Session(config)
+    _state.session = session
+    _adopt_existing_default_group(session)
+    return True
+
+
+def _adopt_existing_default_group(session: Session) -> None:
+    """Recording switched on after init_process_group: start now; existing groups stay unrecorded."""
+    try:
+        import torch.distributed.distributed_c10d as c10d
+
+        default = c10d._world.default_pg
+        if default is None:
+            return
+        if not isinstance(default, C.RecordingProcessGroup):
+            warn_once(
+                "late",
+                "process groups created before recording was switched on are not recorded; "
+                "switch it on before init_process_group (COMMTRACE_DIR does)",
+            )
+        store = c10d._world.pg_map.get(default, (None, None))[1]
+        session.start(default.rank(), default.size(), store)
+    except Exception as exc:
+        warn_once("late:start", "could not attach to the existing process group: %r", exc)
+
+
+def disable() -> None:
+    """Stop recording, flush everything, and restore torch.distributed exactly."""
+    from recorder import install
+
+    session = _state.session
+    if session is not None:
+        session.close()
+    _state.session = None
+    install.uninstall()
+
+
+def enable_from_env() -> None:
+    config = from_env()
+    if config.disabled or not config.dir:
+        return
+    enable(config.dir)

@@ -1,0 +1,713 @@
+"""Capture of every collective and point-to-point operation, whoever issues it.
+
+Which layer catches what (torch 2.6+; verified on 2.13 CPU):
+
+* Every process group that ``torch.distributed`` creates through ``_new_process_group_helper``
+  (``init_process_group``, ``new_group``, ``new_subgroups``, ``DeviceMesh``) is built as a
+  :class:`RecordingProcessGroup`, a Python subclass of ``ProcessGroup``. The C++ side of
+  ``ProcessGroup`` calls Python overrides through pybind's trampoline, so the same methods see the
+  Python API (``dist.all_reduce`` ...), DDP's C++ reducer (bucket allreduce, buffer broadcast,
+  parameter verification), functional collectives (DTensor, tensor parallel, compiled graphs) and
+  FSDP. Each override records the operation and calls the unmodified ``ProcessGroup`` method, which
+  goes through the dispatcher exactly as before, so results and exceptions are the user's own.
+* Python-API annotations (``batch_isend_irecv``, the ``*_object`` collectives, ``send``/``recv``)
+  only label the operations the group records with the API that issued them; they never record.
+* Groups made by ``split_group`` (NCCL comm split) are wrapped in the same class when created.
+
+Completion time: a synchronous call (``opts.asyncOp`` false, as every blocking ``dist.*`` call sets
+it) is waited on inside the override, where the caller was about to wait anyway; an asynchronous
+CPU operation gets a future callback that fires when gloo completes it; a CUDA operation is
+polled off the hot path with ``Work.is_completed()`` and, when ``COMMTRACE_CUDA_TIMING`` is on, its
+GPU duration comes from the backend's CUDA events (``Work._get_duration()``).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+import torch.distributed as dist
+import torch.distributed.distributed_c10d as c10d
+
+from recorder import _state
+from recorder._log import warn_once
+
+_PG = c10d.ProcessGroup
+_Tensor = torch.Tensor
+_mono = time.monotonic_ns
+
+# Record layout: a plain list per operation, filled on the hot path, converted by the writer.
+PG, SEQ, OP, T0, T1, N_IN, N_OUT, DTYPE, PEER, ROOT, ASYNC, COAL, STEP, API, STATUS, WORK, GPU_NS, DEVICE = range(18)
+
+OK, ERROR, IN_FLIGHT = "ok", "error", "in_flight"
+
+P2P_OPS = frozenset({"send", "recv", "recv_anysource"})
+# Python APIs that wait for their point-to-point operation before returning.
+SYNC_P2P_APIS = frozenset({"send", "recv"})
+
+
+class GroupInfo:
+    """What the writer needs to know about one process group; built at the group's first operation."""
+
+    __slots__ = (
+        "name",
+        "desc",
+        "size",
+        "group_rank",
+        "ranks",
+        "backend",
+        "seq",
+        "p2p",
+        "coalescing",
+        "index",
+        "timing_enabled",
+    )
+
+    def __init__(self, pg: _PG) -> None:
+        self.name = _safe(lambda: pg.group_name, "?")
+        self.desc = _safe(lambda: pg.group_desc, "")
+        self.size = pg.size()
+        self.group_rank = pg.rank()
+        ranks = _safe(lambda: c10d._world.pg_group_ranks.get(pg), None)
+        if ranks:
+            ordered = sorted(ranks.items(), key=lambda kv: kv[1])
+            self.ranks = [g for g, _ in ordered]
+        else:
+            self.ranks = list(range(self.size))
+        self.backend = _safe(lambda: str(c10d.get_backend(pg)), "")
+        if not self.backend:
+            self.backend = _safe(pg._get_backend_name, "unknown")
+        self.seq = 0
+        self.p2p: dict[tuple[str, int], int] = {}
+        self.coalescing = False
+        self.index = -1
+        self.timing_enabled = False
+
+    def global_rank(self, group_rank: int | None) -> int | None:
+        if group_rank is None or group_rank < 0:
+            return None
+        if group_rank < len(self.ranks):
+            return self.ranks[group_rank]
+        return group_rank
+
+
+def _safe(fn, default):
+    try:
+        return fn()
+    except Exception:
+        return default
+
+
+def _numel(x) -> int:
+    if isinstance(x, _Tensor):
+        return x.numel()
+    total = 0
+    for y in x:
+        total += _numel(y)
+    return total
+
+
+def _first_tensor(x):
+    if isinstance(x, _Tensor):
+        return x
+    for y in x:
+        t = _first_tensor(y)
+        if t is not None:
+            return t
+    return None
+
+
+def _info(pg) -> GroupInfo:
+    info = pg.__dict__.get("_ct_info")
+    if info is None:
+        info = GroupInfo(pg)
+        pg.__dict__["_ct_info"] = info
+    return info
+
+
+def _complete(rec, fut) -> None:
+    # T1 is written last: the writer treats a record with T1 set as finished.
+    now = _mono()
+    try:
+        fut.value()
+    except Exception:
+        rec[STATUS] = ERROR
+    else:
+        rec[STATUS] = OK
+    rec[T1] = now
+
+
+def _begin(pg, op, n_in, n_out, tensor, peer, root, opts, p2p_peer=None):
+    """Start the record of one operation; the caller then calls the real method itself.
+
+    The real ``ProcessGroup`` method must be called from the overriding method's own frame: pybind's
+    trampoline recognises that frame (same name, same ``self``) and runs the C++ implementation
+    instead of calling back into Python.
+    """
+    s = _state.session
+    info = pg.__dict__.get("_ct_info") or _info(pg)
+    if op in P2P_OPS:
+        key = (op, -1 if p2p_peer is None else p2p_peer)
+        seq = info.p2p.get(key, 0)
+        info.p2p[key] = seq + 1
+    else:
+        seq = info.seq
+        info.seq = seq + 1
+    is_async = True if opts is None else getattr(opts, "asyncOp", True)
+    api = _state.tls.__dict__.get("api") if _state.api_depth else None
+    if api in SYNC_P2P_APIS and op in P2P_OPS:
+        is_async = False
+    rec = [
+        info,
+        seq,
+        op,
+        _mono(),
+        None,
+        n_in,
+        n_out,
+        tensor.dtype if tensor is not None else None,
+        peer,
+        root,
+        is_async,
+        info.coalescing,
+        _state.step,
+        api,
+        IN_FLIGHT,
+        None,
+        None,
+        None,
+    ]
+    buf = s.buffer
+    if len(buf) < s.max_buffered:
+        buf.append(rec)
+    else:
+        s.dropped += 1
+    return rec
+
+
+def _raised(rec) -> None:
+    rec[STATUS] = ERROR
+    rec[T1] = _mono()
+
+
+def _end(rec, work, tensor):
+    """Arrange for the record's completion time; returns ``work`` unchanged."""
+    try:
+        if work is None:
+            rec[STATUS] = OK
+            rec[T1] = _mono()
+        elif tensor is not None and tensor.is_cuda:
+            # CUDA work completes on the device: polled off the hot path, timed by CUDA events.
+            rec[DEVICE] = "cuda"
+            rec[WORK] = work
+            s = _state.session
+            if s is not None:
+                info = rec[PG]
+                if not info.timing_enabled:
+                    s.enable_cuda_timing(None, info)
+                s.pending_poll.append(rec)
+        elif rec[OP] in P2P_OPS:
+            # gloo's send/recv works have no future and must be waited on once only, by their
+            # owner: their completion is polled off the hot path.
+            rec[DEVICE] = "cpu"
+            rec[WORK] = work
+            s = _state.session
+            if s is not None:
+                s.pending_poll.append(rec)
+        elif not rec[ASYNC] and rec[PG].backend == "gloo":
+            # The caller waits right after we return; waiting here first is free and exact. (Only
+            # for gloo collectives: a gloo send/recv work must not be waited on twice.)
+            rec[DEVICE] = "cpu"
+            try:
+                work.wait()
+            except Exception:
+                rec[STATUS] = ERROR
+            else:
+                rec[STATUS] = OK
+            rec[T1] = _mono()
+        else:
+            rec[DEVICE] = "cpu" if tensor is not None else None
+            try:
+                fut = work.get_future()
+            except RuntimeError:  # a backend without futures: poll instead
+                rec[WORK] = work
+                s = _state.session
+                if s is not None:
+                    s.pending_poll.append(rec)
+            else:
+                fut.add_done_callback(functools.partial(_complete, rec))
+    except Exception as exc:  # our bookkeeping only; the work itself is the user's
+        warn_once("capture:complete", "could not follow completion of %s: %r", rec[OP], exc)
+    return work
+
+
+class RecordingProcessGroup(_PG):
+    """A ``ProcessGroup`` that records every operation issued to it, from Python or C++.
+
+    Built by ``torch.distributed`` itself (see :mod:`recorder.install`); users never construct it.
+    Methods are named exactly as the C++ virtuals so that pybind's recursion guard sends the
+    inner ``_PG.<name>(self, ...)`` call to the real implementation.
+    """
+
+    def __init__(self, *args) -> None:
+        # pybind only builds the Python-overridable alias through the (rank, size) constructor, so the
+        # store is kept here and served by get_group_store.
+        if len(args) == 3:
+            store, rank, size = args
+        else:
+            store, (rank, size) = None, args
+        _PG.__init__(self, rank, size)
+        self.__dict__["_ct_store"] = store
+        self.__dict__["_ct_info"] = None
+
+    def get_group_store(self):
+        store = self.__dict__.get("_ct_store")
+        return store if store is not None else _PG.get_group_store(self)
+
+    # -- collectives -------------------------------------------------------------------------------
+    def allreduce(self, *args, **kwargs):
+        if _state.session is None:
+            return _PG.allreduce(self, *args, **kwargs)
+        t = args[0] if args else kwargs.get("tensors", kwargs.get("tensor"))
+        opts = args[1] if len(args) > 1 else kwargs.get("opts")
+        n = _numel(t)
+        t = _first_tensor(t)
+        rec = _begin(self, "all_reduce", n, n, t, None, None, opts)
+        try:
+            work = _PG.allreduce(self, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def allreduce_coalesced(self, tensors, *args, **kwargs):
+        if _state.session is None:
+            return _PG.allreduce_coalesced(self, tensors, *args, **kwargs)
+        n = _numel(tensors)
+        t = _first_tensor(tensors)
+        rec = _begin(self, "all_reduce_coalesced", n, n, t, None, None, args[0] if args else kwargs.get("opts"))
+        try:
+            work = _PG.allreduce_coalesced(self, tensors, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def broadcast(self, *args, **kwargs):
+        if _state.session is None:
+            return _PG.broadcast(self, *args, **kwargs)
+        t = args[0] if args else kwargs.get("tensors", kwargs.get("tensor"))
+        opts = args[1] if len(args) > 1 else kwargs.get("opts")
+        root = (
+            getattr(opts, "rootRank", 0)
+            if opts is not None and not isinstance(opts, int)
+            else (opts if isinstance(opts, int) else 0)
+        )
+        n = _numel(t)
+        t = _first_tensor(t)
+        rec = _begin(self, "broadcast", n, n, t, None, root, opts if not isinstance(opts, int) else None)
+        try:
+            work = _PG.broadcast(self, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def reduce(self, *args, **kwargs):
+        if _state.session is None:
+            return _PG.reduce(self, *args, **kwargs)
+        t = args[0] if args else kwargs.get("tensors", kwargs.get("tensor"))
+        opts = args[1] if len(args) > 1 else kwargs.get("opts")
+        root = (
+            getattr(opts, "rootRank", 0)
+            if opts is not None and not isinstance(opts, int)
+            else (opts if isinstance(opts, int) else 0)
+        )
+        n = _numel(t)
+        t = _first_tensor(t)
+        rec = _begin(self, "reduce", n, n, t, None, root, opts if not isinstance(opts, int) else None)
+        try:
+            work = _PG.reduce(self, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def allgather(self, output_lists, input_tensors, *args, **kwargs):
+        if _state.session is None:
+            return _PG.allgather(self, output_lists, input_tensors, *args, **kwargs)
+        t = _first_tensor(input_tensors)
+        rec = _begin(
+            self,
+            "all_gather",
+            _numel(input_tensors),
+            _numel(output_lists),
+            t,
+            None,
+            None,
+            args[0] if args else kwargs.get("opts"),
+        )
+        try:
+            work = _PG.allgather(self, output_lists, input_tensors, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def all_gather_single(self, output, input, *args, **kwargs):
+        if _state.session is None:
+            return _PG.all_gather_single(self, output, input, *args, **kwargs)
+        t = input
+        rec = _begin(
+            self,
+            "all_gather_into_tensor",
+            input.numel(),
+            output.numel(),
+            t,
+            None,
+            None,
+            args[0] if args else kwargs.get("opts"),
+        )
+        try:
+            work = _PG.all_gather_single(self, output, input, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def allgather_coalesced(self, output_lists, input_tensors, *args, **kwargs):
+        if _state.session is None:
+            return _PG.allgather_coalesced(self, output_lists, input_tensors, *args, **kwargs)
+        t = _first_tensor(input_tensors)
+        rec = _begin(
+            self,
+            "all_gather_coalesced",
+            _numel(input_tensors),
+            _numel(output_lists),
+            t,
+            None,
+            None,
+            args[0] if args else kwargs.get("opts"),
+        )
+        try:
+            work = _PG.allgather_coalesced(self, output_lists, input_tensors, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def all_gather_single_coalesced(self, outputs, inputs, *args, **kwargs):
+        if _state.session is None:
+            return _PG.all_gather_single_coalesced(self, outputs, inputs, *args, **kwargs)
+        t = _first_tensor(inputs)
+        rec = _begin(
+            self,
+            "all_gather_into_tensor_coalesced",
+            _numel(inputs),
+            _numel(outputs),
+            t,
+            None,
+            None,
+            args[0] if args else kwargs.get("opts"),
+        )
+        try:
+            work = _PG.all_gather_single_coalesced(self, outputs, inputs, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def reduce_scatter(self, outputs, input_lists, *args, **kwargs):
+        if _state.session is None:
+            return _PG.reduce_scatter(self, outputs, input_lists, *args, **kwargs)
+        t = _first_tensor(outputs)
+        rec = _begin(
+            self,
+            "reduce_scatter",
+            _numel(input_lists),
+            _numel(outputs),
+            t,
+            None,
+            None,
+            args[0] if args else kwargs.get("opts"),
+        )
+        try:
+            work = _PG.reduce_scatter(self, outputs, input_lists, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def reduce_scatter_single(self, output, input, *args, **kwargs):
+        if _state.session is None:
+            return _PG.reduce_scatter_single(self, output, input, *args, **kwargs)
+        t = input
+        rec = _begin(
+            self,
+            "reduce_scatter_tensor",
+            input.numel(),
+            output.numel(),
+            t,
+            None,
+            None,
+            args[0] if args else kwargs.get("opts"),
+        )
+        try:
+            work = _PG.reduce_scatter_single(self, output, input, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def reduce_scatter_single_coalesced(self, outputs, inputs, *args, **kwargs):
+        if _state.session is None:
+            return _PG.reduce_scatter_single_coalesced(self, outputs, inputs, *args, **kwargs)
+        t = _first_tensor(inputs)
+        rec = _begin(
+            self,
+            "reduce_scatter_tensor_coalesced",
+            _numel(inputs),
+            _numel(outputs),
+            t,
+            None,
+            None,
+            args[0] if args else kwargs.get("opts"),
+        )
+        try:
+            work = _PG.reduce_scatter_single_coalesced(self, outputs, inputs, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def alltoall(self, outputs, inputs, *args, **kwargs):
+        if _state.session is None:
+            return _PG.alltoall(self, outputs, inputs, *args, **kwargs)
+        t = _first_tensor(inputs)
+        rec = _begin(
+            self, "all_to_all", _numel(inputs), _numel(outputs), t, None, None, args[0] if args else kwargs.get("opts")
+        )
+        try:
+            work = _PG.alltoall(self, outputs, inputs, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def all_to_all_single(self, output, input, *args, **kwargs):
+        if _state.session is None:
+            return _PG.all_to_all_single(self, output, input, *args, **kwargs)
+        opts = args[2] if len(args) > 2 else kwargs.get("opts")
+        t = input
+        rec = _begin(self, "all_to_all_single", input.numel(), output.numel(), t, None, None, opts)
+        try:
+            work = _PG.all_to_all_single(self, output, input, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def gather(self, output_lists, input_tensors, *args, **kwargs):
+        if _state.session is None:
+            return _PG.gather(self, output_lists, input_tensors, *args, **kwargs)
+        opts = args[0] if args else kwargs.get("opts")
+        root = (
+            getattr(opts, "rootRank", 0)
+            if opts is not None and not isinstance(opts, int)
+            else (opts if isinstance(opts, int) else 0)
+        )
+        t = _first_tensor(input_tensors)
+        rec = _begin(
+            self,
+            "gather",
+            _numel(input_tensors),
+            _numel(output_lists),
+            t,
+            None,
+            root,
+            opts if not isinstance(opts, int) else None,
+        )
+        try:
+            work = _PG.gather(self, output_lists, input_tensors, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def scatter(self, outputs, input_lists, *args, **kwargs):
+        if _state.session is None:
+            return _PG.scatter(self, outputs, input_lists, *args, **kwargs)
+        opts = args[0] if args else kwargs.get("opts")
+        root = (
+            getattr(opts, "rootRank", 0)
+            if opts is not None and not isinstance(opts, int)
+            else (opts if isinstance(opts, int) else 0)
+        )
+        t = _first_tensor(outputs)
+        rec = _begin(
+            self,
+            "scatter",
+            _numel(input_lists),
+            _numel(outputs),
+            t,
+            None,
+            root,
+            opts if not isinstance(opts, int) else None,
+        )
+        try:
+            work = _PG.scatter(self, outputs, input_lists, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def barrier(self, *args, **kwargs):
+        if _state.session is None:
+            return _PG.barrier(self, *args, **kwargs)
+        opts = args[0] if args else kwargs.get("opts")
+        t = None
+        rec = _begin(self, "barrier", 0, 0, t, None, None, opts if isinstance(opts, dist.BarrierOptions) else None)
+        try:
+            work = _PG.barrier(self, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def monitored_barrier(self, *args, **kwargs):
+        if _state.session is None:
+            return _PG.monitored_barrier(self, *args, **kwargs)
+        t = None
+        rec = _begin(self, "monitored_barrier", 0, 0, t, None, None, _SYNC)
+        try:
+            work = _PG.monitored_barrier(self, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    # -- point to point ----------------------------------------------------------------------------
+    def send(self, tensors, dst, *args, **kwargs):
+        if _state.session is None:
+            return _PG.send(self, tensors, dst, *args, **kwargs)
+        n = _numel(tensors)
+        t = _first_tensor(tensors)
+        rec = _begin(self, "send", n, n, t, dst, None, None, dst)
+        try:
+            work = _PG.send(self, tensors, dst, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def recv(self, tensors, src, *args, **kwargs):
+        if _state.session is None:
+            return _PG.recv(self, tensors, src, *args, **kwargs)
+        n = _numel(tensors)
+        t = _first_tensor(tensors)
+        rec = _begin(self, "recv", n, n, t, src, None, None, src)
+        try:
+            work = _PG.recv(self, tensors, src, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    def recv_anysource(self, tensors, *args, **kwargs):
+        if _state.session is None:
+            return _PG.recv_anysource(self, tensors, *args, **kwargs)
+        n = _numel(tensors)
+        t = _first_tensor(tensors)
+        rec = _begin(self, "recv_anysource", n, n, t, None, None, None, None)
+        try:
+            work = _PG.recv_anysource(self, tensors, *args, **kwargs)
+        except BaseException:
+            _raised(rec)
+            raise
+        return _end(rec, work, t)
+
+    # -- coalescing (NCCL groups, batch_isend_irecv) -------------------------------------------------
+    def _start_coalescing(self, *args, **kwargs):
+        result = _PG._start_coalescing(self, *args, **kwargs)
+        if _state.session is not None:
+            _info(self).coalescing = True
+        return result
+
+    def _end_coalescing(self, *args, **kwargs):
+        info = self.__dict__.get("_ct_info")
+        if info is not None:
+            info.coalescing = False
+        return _PG._end_coalescing(self, *args, **kwargs)
+
+    # -- groups made from this one -----------------------------------------------------------------
+    def split_group(self, *args, **kwargs):
+        shadow = _shadow(self)
+        new = shadow.split_group(*args, **kwargs)
+        return rewrap(new) if new is not None else None
+
+
+class _SyncOpts:
+    asyncOp = False
+
+
+_SYNC = _SyncOpts()
+
+
+def _backend_type(backend) -> _PG.BackendType:
+    name = type(backend).__name__
+    return {
+        "ProcessGroupGloo": _PG.BackendType.GLOO,
+        "ProcessGroupNCCL": _PG.BackendType.NCCL,
+        "ProcessGroupUCC": _PG.BackendType.UCC,
+        "ProcessGroupMPI": _PG.BackendType.MPI,
+        "ProcessGroupXCCL": _PG.BackendType.XCCL,
+    }.get(name, _PG.BackendType.CUSTOM)
+
+
+def _copy_into(src: _PG, dst: _PG) -> None:
+    """Give ``dst`` the backends, name, description and device binding of ``src``."""
+    for device in src._device_types:
+        backend = src._get_backend(device)
+        dst._register_backend(device, _backend_type(backend), backend)
+    try:
+        default = src._get_backend_name()
+        mapping = {
+            "gloo": _PG.BackendType.GLOO,
+            "nccl": _PG.BackendType.NCCL,
+            "ucc": _PG.BackendType.UCC,
+            "mpi": _PG.BackendType.MPI,
+            "xccl": _PG.BackendType.XCCL,
+        }
+        dst._set_default_backend(mapping.get(default, _PG.BackendType.CUSTOM))
+    except Exception:
+        pass
+    dst._set_group_name(src.group_name)
+    dst._set_group_desc(src.group_desc)
+    if src.bound_device_id is not None:
+        dst.bound_device_id = src.bound_device_id
+
+
+def rewrap(pg: _PG) -> _PG:
+    """A RecordingProcessGroup that shares ``pg``'s backends (used for groups made in C++)."""
+    if isinstance(pg, RecordingProcessGroup) or type(pg) is not _PG:
+        return pg
+    try:
+        wrapped = RecordingProcessGroup(_safe(pg.get_group_store, None), pg.rank(), pg.size())
+        _copy_into(pg, wrapped)
+        wrapped.__dict__["_ct_shadow"] = pg
+        return wrapped
+    except Exception as exc:
+        warn_once("capture:rewrap", "could not record a process group made by split: %r", exc)
+        return pg
+
+
+def _shadow(pg: RecordingProcessGroup) -> _PG:
+    """A plain ProcessGroup holding ``pg``'s store, for the C++ methods that need the store."""
+    shadow = pg.__dict__.get("_ct_shadow")
+    if shadow is None:
+        store = pg.__dict__.get("_ct_store")
+        shadow = _PG(store, pg.rank(), pg.size()) if store is not None else _PG(pg.rank(), pg.size())
+        _copy_into(pg, shadow)
+        pg.__dict__["_ct_shadow"] = shadow
+    return shadow

@@ -1,0 +1,137 @@
+"""Every setting of the recorder: one ``COMMTRACE_*`` environment variable each, parsed once.
+
+The table in ``docs/configuration.md`` is generated from the constants below; keep the two in step.
+A value that does not parse logs one warning and falls back to the default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from recorder._log import warn_once
+
+COMMTRACE_DIR = "COMMTRACE_DIR"
+"""Directory that receives the traces. Setting it is what switches recording on."""
+
+COMMTRACE_FLUSH_S = "COMMTRACE_FLUSH_S"
+"""Seconds between segment flushes (default 1.0): a ``kill -9`` loses at most this much."""
+
+COMMTRACE_FLUSH_EVENTS = "COMMTRACE_FLUSH_EVENTS"
+"""Flush early once this many events are buffered (default 65536)."""
+
+COMMTRACE_MAX_BUFFERED = "COMMTRACE_MAX_BUFFERED"
+"""Events held in memory at most (default 262144); beyond it events are dropped and counted."""
+
+COMMTRACE_PENDING_S = "COMMTRACE_PENDING_S"
+"""An operation not completed after this many seconds is written as in flight (default 600)."""
+
+COMMTRACE_RUN_ID = "COMMTRACE_RUN_ID"
+"""Name of the run directory; by default rank 0 chooses one and shares it through the job's store."""
+
+COMMTRACE_CLOCK_SYNC = "COMMTRACE_CLOCK_SYNC"
+"""Measure each rank's clock offset to rank 0 at start and shutdown (default 1; 0 turns it off)."""
+
+COMMTRACE_CLOCK_ROUNDS = "COMMTRACE_CLOCK_ROUNDS"
+"""Ping-pong rounds per clock measurement; the round with the smallest round trip wins (default 5)."""
+
+COMMTRACE_CUDA_TIMING = "COMMTRACE_CUDA_TIMING"
+"""Time CUDA collectives with CUDA events (default 1); 0 records host-side issue times only."""
+
+COMMTRACE_DISABLE = "COMMTRACE_DISABLE"
+"""Set to 1 to keep the recorder off even where COMMTRACE_DIR is set (e.g. in a sub-launcher)."""
+
+ALL_VARIABLES = (
+    COMMTRACE_DIR,
+    COMMTRACE_FLUSH_S,
+    COMMTRACE_FLUSH_EVENTS,
+    COMMTRACE_MAX_BUFFERED,
+    COMMTRACE_PENDING_S,
+    COMMTRACE_RUN_ID,
+    COMMTRACE_CLOCK_SYNC,
+    COMMTRACE_CLOCK_ROUNDS,
+    COMMTRACE_CUDA_TIMING,
+    COMMTRACE_DISABLE,
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    dir: str | None = None
+    flush_s: float = 1.0
+    flush_events: int = 65536
+    max_buffered: int = 262144
+    pending_s: float = 600.0
+    run_id: str | None = None
+    clock_sync: bool = True
+    clock_rounds: int = 5
+    cuda_timing: bool = True
+    disabled: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "dir": self.dir,
+            "flush_s": self.flush_s,
+            "flush_events": self.flush_events,
+            "max_buffered": self.max_buffered,
+            "pending_s": self.pending_s,
+            "run_id": self.run_id,
+            "clock_sync": self.clock_sync,
+            "clock_rounds": self.clock_rounds,
+            "cuda_timing": self.cuda_timing,
+        }
+
+
+def _number(env: dict[str, str], name: str, default, kind, minimum):
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        warn_once(
+            f"config:{name}",
+            "%s=%r is not a valid value (want %s >= %s); using %s",
+            name,
+            raw,
+            kind.__name__,
+            minimum,
+            default,
+        )
+        return default
+    return value
+
+
+def _flag(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    warn_once(f"config:{name}", "%s=%r is not a boolean (use 1 or 0); using %s", name, raw, int(default))
+    return default
+
+
+def from_env(env: dict[str, str] | None = None, **overrides: object) -> Config:
+    """Parse the ``COMMTRACE_*`` variables of ``env`` (default: ``os.environ``) into a Config."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, object] = {
+        "dir": env.get(COMMTRACE_DIR) or None,
+        "flush_s": _number(env, COMMTRACE_FLUSH_S, 1.0, float, 0.01),
+        "flush_events": _number(env, COMMTRACE_FLUSH_EVENTS, 65536, int, 1),
+        "max_buffered": _number(env, COMMTRACE_MAX_BUFFERED, 262144, int, 16),
+        "pending_s": _number(env, COMMTRACE_PENDING_S, 600.0, float, 0.1),
+        "run_id": env.get(COMMTRACE_RUN_ID) or None,
+        "clock_sync": _flag(env, COMMTRACE_CLOCK_SYNC, True),
+        "clock_rounds": _number(env, COMMTRACE_CLOCK_ROUNDS, 5, int, 1),
+        "cuda_timing": _flag(env, COMMTRACE_CUDA_TIMING, True),
+        "disabled": _flag(env, COMMTRACE_DISABLE, False),
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Config(**values)  # type: ignore[arg-type]

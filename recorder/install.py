@@ -1,0 +1,210 @@
+"""Installing into and removing from ``torch.distributed``, idempotently and exactly.
+
+What is patched (and restored bit for bit by :func:`uninstall`):
+
+* ``distributed_c10d._new_process_group_helper``: while it runs, the module's ``ProcessGroup`` name
+  points at a stand-in class that builds a :class:`RecordingProcessGroup` and otherwise behaves
+  like the real class (attributes, ``issubclass``, ``isinstance``), so every group the job creates
+  records from birth and is registered everywhere (``_world``, the C++ group registry used by
+  functional collectives) as the same object.
+* ``batch_isend_irecv``: torch only coalesces P2P ops for ``type(group) is ProcessGroup``; the
+  wrapper keeps NCCL-style coalescing for recording groups and labels the ops.
+* ``destroy_process_group``: flushes the trace and takes the final clock offset before the group
+  goes away, and keeps torch's wait for pending works that it only does for plain groups.
+* ``send``, ``recv``, ``isend``, ``irecv`` and the ``*_object`` collectives: labels only.
+
+Both ``torch.distributed`` and ``torch.distributed.distributed_c10d`` hold these names.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch.distributed as dist
+import torch.distributed.distributed_c10d as c10d
+
+from recorder import _state
+from recorder._log import warn_once
+from recorder.capture import RecordingProcessGroup
+
+_REAL_PG = c10d.ProcessGroup
+_originals: dict[str, object] = {}
+_MODULES = (c10d, dist)
+
+LABELLED_APIS = (
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+    "all_gather_object",
+    "gather_object",
+    "scatter_object_list",
+    "broadcast_object_list",
+    "send_object_list",
+    "recv_object_list",
+)
+
+
+class _ProxyMeta(type):
+    """Metaclass of the stand-in for ``ProcessGroup`` inside ``_new_process_group_helper``."""
+
+    def __call__(cls, *args, **kwargs):
+        return RecordingProcessGroup(*args, **kwargs)
+
+    def __getattr__(cls, name):
+        return getattr(_REAL_PG, name)
+
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, _REAL_PG)
+
+    def __subclasscheck__(cls, sub):
+        return issubclass(sub, _REAL_PG)
+
+
+class _ProcessGroupStandIn(metaclass=_ProxyMeta):
+    pass
+
+
+def _wrap_helper(original):
+    @functools.wraps(original)
+    def _new_process_group_helper(*args, **kwargs):
+        if _state.session is None or c10d.ProcessGroup is not _REAL_PG:
+            return original(*args, **kwargs)
+        c10d.ProcessGroup = _ProcessGroupStandIn
+        try:
+            result = original(*args, **kwargs)
+        finally:
+            c10d.ProcessGroup = _REAL_PG
+        try:
+            session = _state.session
+            pg = result[0] if isinstance(result, tuple) else result
+            if session is not None and isinstance(pg, RecordingProcessGroup):
+                ranks = args[2] if len(args) > 2 else kwargs.get("global_ranks_in_group")
+                store = result[1] if isinstance(result, tuple) else None
+                session.on_group_created(pg, store, is_default=not ranks)
+        except Exception as exc:
+            warn_once("install:on_group", "recording a new process group failed: %r", exc)
+        return result
+
+    return _new_process_group_helper
+
+
+def _wrap_batch(original):
+    @functools.wraps(original)
+    def batch_isend_irecv(p2p_op_list):
+        if _state.session is None or not p2p_op_list:
+            return original(p2p_op_list)
+        group = p2p_op_list[0].group
+        if group is None:
+            group = c10d._get_default_group()
+        with _label("batch_isend_irecv"):
+            if isinstance(group, RecordingProcessGroup):
+                device = p2p_op_list[0].tensor.device
+                if group._get_backend(device).supports_coalescing:
+                    c10d._check_p2p_op_list(p2p_op_list)
+                    with c10d._coalescing_manager(group, device, async_ops=True) as cm:
+                        for p2p in p2p_op_list:
+                            key = "group_dst" if p2p.op is dist.isend else "group_src"
+                            p2p.op(p2p.tensor, group=p2p.group, tag=p2p.tag, **{key: p2p.group_peer})
+                    return cm.works
+            return original(p2p_op_list)
+
+    return batch_isend_irecv
+
+
+def _wrap_destroy(original):
+    @functools.wraps(original)
+    def destroy_process_group(group=None):
+        session = _state.session
+        if session is not None:
+            session.before_destroy(group)
+            pgs = [group] if group is not None else list(_safe_pgs())
+            for pg in pgs:
+                try:
+                    if isinstance(pg, RecordingProcessGroup) and pg._has_hooks():
+                        pg._wait_for_pending_works()
+                except Exception:
+                    pass
+        return original(group)
+
+    return destroy_process_group
+
+
+def _safe_pgs():
+    try:
+        return list(c10d._world.pg_map.keys())
+    except Exception:
+        return []
+
+
+class _label:
+    """Marks the operations issued inside with the API name that issued them."""
+
+    __slots__ = ("name", "previous")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self):
+        self.previous = _state.tls.__dict__.get("api")
+        if self.previous is None:
+            _state.tls.api = self.name
+        _state.api_depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        _state.api_depth -= 1
+        _state.tls.api = self.previous
+        return False
+
+
+def _wrap_label(name, original):
+    @functools.wraps(original)
+    def labelled(*args, **kwargs):
+        if _state.session is None:
+            return original(*args, **kwargs)
+        with _label(name):
+            return original(*args, **kwargs)
+
+    return labelled
+
+
+def _set(name: str, value) -> None:
+    original = _originals[name]
+    for module in _MODULES:
+        if getattr(module, name, None) is original or module is c10d:
+            setattr(module, name, value)
+
+
+def installed() -> bool:
+    return bool(_originals)
+
+
+def install() -> bool:
+    """Patch torch.distributed; returns False (and changes nothing) if already installed."""
+    if _originals:
+        return False
+    names = {
+        "_new_process_group_helper": _wrap_helper,
+        "batch_isend_irecv": _wrap_batch,
+        "destroy_process_group": _wrap_destroy,
+    }
+    for name in LABELLED_APIS:
+        names[name] = functools.partial(_wrap_label, name)
+    for name, wrap in names.items():
+        original = getattr(c10d, name, None)
+        if original is None:
+            continue
+        _originals[name] = original
+        _set(name, wrap(original))
+    return True
+
+
+def uninstall() -> None:
+    """Put back every original object exactly."""
+    for name, original in list(_originals.items()):
+        for module in _MODULES:
+            current = getattr(module, name, None)
+            if current is not None and getattr(current, "__wrapped__", None) is original:
+                setattr(module, name, original)
+    _originals.clear()

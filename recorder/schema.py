@@ -1,0 +1,49 @@
+"""The on-disk contract between the recorder and the analysis: file names, columns, versions.
+
+The analysis has its own copy of the names it needs (it never imports the recorder); a test checks
+that the two agree.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+COLLECTIVES_PREFIX = "collectives"
+RANK_META_PREFIX = "rank"
+RUN_META = "run.json"
+
+COLLECTIVE_SCHEMA = pa.schema(
+    [
+        ("rank", pa.int32()),
+        ("pg", pa.dictionary(pa.int32(), pa.string())),
+        ("pg_desc", pa.dictionary(pa.int32(), pa.string())),
+        ("pg_size", pa.int32()),
+        ("seq", pa.int64()),
+        ("op", pa.dictionary(pa.int32(), pa.string())),
+        ("count", pa.int64()),
+        ("bytes_in", pa.int64()),
+        ("bytes_out", pa.int64()),
+        ("dtype", pa.dictionary(pa.int32(), pa.string())),
+        ("peer", pa.int32()),
+        ("root", pa.int32()),
+        ("t_start_ns", pa.int64()),
+        ("t_end_ns", pa.int64()),
+        ("gpu_duration_ns", pa.int64()),
+        ("status", pa.dictionary(pa.int32(), pa.string())),
+        ("async_op", pa.bool_()),
+        ("coalesced", pa.bool_()),
+        ("api", pa.dictionary(pa.int32(), pa.string())),
+        ("backend", pa.dictionary(pa.int32(), pa.string())),
+        ("device", pa.dictionary(pa.int32(), pa.string())),
+        ("step", pa.int64()),
+    ]
+)
+"""One row per operation. ``t_*_ns`` are wall-clock ns (``time.time_ns`` domain) of this rank's clock;
+``t_end_ns`` is null for an operation still in flight when written. ``peer`` and ``root`` are global
+ranks. ``seq`` counts collectives per process group (the same operation has the same seq on every
+member) and, for send/recv, operations per (group, direction, peer)."""
+
+# Columns that change little from row to row: delta encoding keeps them a few bits per row.
+DELTA_COLUMNS = ("seq", "t_start_ns", "t_end_ns", "step")
