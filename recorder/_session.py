@@ -45,6 +45,7 @@ ENV_NAMES = (
 )
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL", "AUTH", "COOKIE")
 RUN_ID_KEY = "commtrace/run_id"
+STARTUP_SYNC_S = 10.0
 POLL_MIN_S = 0.0005
 POLL_MAX_S = 0.05
 
@@ -105,6 +106,7 @@ class Session:
         self.incarnation = f"{self.pid}-{secrets.token_hex(2)}"
         self.buffer: collections.deque = collections.deque()
         self.max_buffered = config.max_buffered
+        self.flush_events = config.flush_events
         self.dropped = 0
         self.inflight: list = []
         self.pending_poll: collections.deque = collections.deque()  # filled by the hot path
@@ -125,15 +127,13 @@ class Session:
         self._dtype_cache: dict = {}
         self._flush_cpu_s = 0.0
         self._store = None
+        self._startup_thread: threading.Thread | None = None
         self._thread = threading.Thread(target=self._run, name="commtrace-writer", daemon=True)
         self._thread.start()
 
     # -- process groups ----------------------------------------------------------------------------
     def on_group_created(self, pg, store, is_default: bool) -> None:
-        if (
-            any(getattr(d, "type", None) == "cuda" for d in getattr(pg, "_device_types", []))
-            and self.config.cuda_timing
-        ):
+        if self.config.cuda_timing and _backend_name(pg) == "nccl":
             self.enable_cuda_timing(pg, None)
         if is_default and self.rank is None:
             self.start(pg.rank(), pg.size(), store)
@@ -149,7 +149,13 @@ class Session:
     def start(self, rank: int, world_size: int, store) -> None:
         """Called once the default group exists: learn the run id and start writing, off the hot path."""
         self.rank, self.world_size, self._store = rank, world_size, store
-        threading.Thread(target=self._startup, name="commtrace-startup", daemon=True).start()
+        self._startup_thread = threading.Thread(target=self._startup, name="commtrace-startup", daemon=True)
+        self._startup_thread.start()
+
+    def _join_startup(self, timeout_s: float) -> None:
+        thread = self._startup_thread
+        if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
+            thread.join(timeout_s)
 
     def _startup(self) -> None:
         try:
@@ -166,7 +172,7 @@ class Session:
                 _atomic_json(os.path.join(run_dir, RUN_META), self._run_meta(), exclusive=True)
             self.write_rank_meta()
             if self.config.clock_sync and self.world_size and self.world_size > 1:
-                self._sync_clock("start", timeout_s=30.0)
+                self._sync_clock("start", timeout_s=STARTUP_SYNC_S)
                 self.write_rank_meta()
         except Exception as exc:
             self._fail("startup", exc)
@@ -275,6 +281,10 @@ class Session:
         _atomic_json(path, meta)
 
     # -- writing -----------------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Wake the writer (new works to poll, or the buffer reached COMMTRACE_FLUSH_EVENTS)."""
+        self._wake.set()
+
     def _run(self) -> None:
         flush_s = self.config.flush_s
         next_flush = time.monotonic() + flush_s
@@ -282,14 +292,16 @@ class Session:
         while not self._stop.is_set():
             flush_in = max(0.0, next_flush - time.monotonic())
             polling = self.pending_poll or self._polled
-            woke = self._wake.wait(min(poll_s, flush_in) if polling else flush_in)
+            self._wake.wait(min(poll_s, flush_in) if polling else flush_in)
+            self._wake.clear()
             if self._stop.is_set():
                 break
             if self.pending_poll or self._polled:
-                # Poll fast while works complete, back off while they sit (an isend nobody waits on).
-                poll_s = POLL_MIN_S if self._poll_works() else min(poll_s * 2, POLL_MAX_S)
-            if woke or time.monotonic() >= next_flush:
-                self._wake.clear()
+                # Poll fast while works arrive or complete, back off while they sit (an isend
+                # nobody waits on costs a poll every POLL_MAX_S, not a busy thread).
+                fresh = bool(self.pending_poll)
+                poll_s = POLL_MIN_S if self._poll_works() or fresh else min(poll_s * 2, POLL_MAX_S)
+            if time.monotonic() >= next_flush or len(self.buffer) >= self.config.flush_events:
                 self.flush()
                 next_flush = time.monotonic() + flush_s
 
@@ -384,6 +396,7 @@ class Session:
                     return
             except Exception:
                 return
+        self._join_startup(STARTUP_SYNC_S)
         if self.config.clock_sync and self.world_size and self.world_size > 1 and self.writer is not None:
             self._sync_clock("end", timeout_s=5.0)
         self.close()
@@ -392,6 +405,7 @@ class Session:
         """Final flush (in-flight operations included), metadata, stop the writer. Runs once."""
         if self.closed or os.getpid() != self.pid:
             return
+        self._join_startup(timeout_s)
         self.closed = True
         if _state.session is self:
             _state.session = None
@@ -407,6 +421,13 @@ class Session:
                 self.write_rank_meta()
             except Exception as exc:
                 warn_once("fail:meta", "could not write the rank's metadata: %r", exc)
+
+
+def _backend_name(pg) -> str:
+    try:
+        return pg._get_backend_name()
+    except Exception:
+        return ""
 
 
 def _version() -> str:

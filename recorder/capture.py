@@ -39,10 +39,12 @@ _mono = time.monotonic_ns
 
 # Record layout: a plain list per operation, filled on the hot path, converted by the writer.
 PG, SEQ, OP, T0, T1, N_IN, N_OUT, DTYPE, PEER, ROOT, ASYNC, COAL, STEP, API, STATUS, WORK, GPU_NS, DEVICE = range(18)
+NFIELDS = 18
 
 OK, ERROR, IN_FLIGHT = "ok", "error", "in_flight"
 
 P2P_OPS = frozenset({"send", "recv", "recv_anysource"})
+WAIT_TWICE_BACKENDS = frozenset({"gloo", "fake"})
 # Python APIs that wait for their point-to-point operation before returning.
 SYNC_P2P_APIS = frozenset({"send", "recv"})
 
@@ -62,6 +64,7 @@ class GroupInfo:
         "coalescing",
         "index",
         "timing_enabled",
+        "wait_inside",
     )
 
     def __init__(self, pg: _PG) -> None:
@@ -83,6 +86,8 @@ class GroupInfo:
         self.coalescing = False
         self.index = -1
         self.timing_enabled = False
+        # Backends whose collective works may be waited on twice (the caller waits again after us).
+        self.wait_inside = self.backend in WAIT_TWICE_BACKENDS
 
     def global_rank(self, group_rank: int | None) -> int | None:
         if group_rank is None or group_rank < 0:
@@ -102,6 +107,8 @@ def _safe(fn, default):
 def _numel(x) -> int:
     if isinstance(x, _Tensor):
         return x.numel()
+    if len(x) == 1 and isinstance(x[0], _Tensor):
+        return x[0].numel()
     total = 0
     for y in x:
         total += _numel(y)
@@ -111,6 +118,8 @@ def _numel(x) -> int:
 def _first_tensor(x):
     if isinstance(x, _Tensor):
         return x
+    if x and isinstance(x[0], _Tensor):
+        return x[0]
     for y in x:
         t = _first_tensor(y)
         if t is not None:
@@ -122,7 +131,7 @@ def _info(pg) -> GroupInfo:
     info = pg.__dict__.get("_ct_info")
     if info is None:
         info = GroupInfo(pg)
-        pg.__dict__["_ct_info"] = info
+        pg._ct_info = info
     return info
 
 
@@ -146,7 +155,9 @@ def _begin(pg, op, n_in, n_out, tensor, peer, root, opts, p2p_peer=None):
     instead of calling back into Python.
     """
     s = _state.session
-    info = pg.__dict__.get("_ct_info") or _info(pg)
+    info = pg._ct_info
+    if info is None:
+        info = _info(pg)
     if op in P2P_OPS:
         key = (op, -1 if p2p_peer is None else p2p_peer)
         seq = info.p2p.get(key, 0)
@@ -179,11 +190,40 @@ def _begin(pg, op, n_in, n_out, tensor, peer, root, opts, p2p_peer=None):
         None,
     ]
     buf = s.buffer
-    if len(buf) < s.max_buffered:
+    n = len(buf)
+    if n < s.max_buffered:
         buf.append(rec)
+        if n == s.flush_events:
+            s.wake()
     else:
         s.dropped += 1
     return rec
+
+
+waiting: dict = {}
+"""Point-to-point works not yet waited on, mapped to their records (the work is kept alive here)."""
+_WAITING_MAX = 65536
+
+
+def make_wait_hook(original_wait):
+    """A replacement for ``Work.wait`` that completes the record of a point-to-point work."""
+
+    def wait(self, *args, **kwargs):
+        rec = waiting.pop(self, None) if waiting else None
+        if rec is None:
+            return original_wait(self, *args, **kwargs)
+        try:
+            result = original_wait(self, *args, **kwargs)
+        except BaseException:
+            rec[STATUS] = ERROR
+            rec[T1] = _mono()
+            raise
+        rec[STATUS] = OK
+        rec[T1] = _mono()
+        return result
+
+    wait.__wrapped__ = original_wait
+    return wait
 
 
 def _raised(rec) -> None:
@@ -207,15 +247,14 @@ def _end(rec, work, tensor):
                 if not info.timing_enabled:
                     s.enable_cuda_timing(None, info)
                 s.pending_poll.append(rec)
+                s.wake()
         elif rec[OP] in P2P_OPS:
             # gloo's send/recv works have no future and must be waited on once only, by their
-            # owner: their completion is polled off the hot path.
+            # owner: they complete when the owner's Work.wait() returns (see wait_hook).
             rec[DEVICE] = "cpu"
-            rec[WORK] = work
-            s = _state.session
-            if s is not None:
-                s.pending_poll.append(rec)
-        elif not rec[ASYNC] and rec[PG].backend == "gloo":
+            if len(waiting) < _WAITING_MAX:
+                waiting[work] = rec
+        elif not rec[ASYNC] and rec[PG].wait_inside:
             # The caller waits right after we return; waiting here first is free and exact. (Only
             # for gloo collectives: a gloo send/recv work must not be waited on twice.)
             rec[DEVICE] = "cpu"
@@ -235,6 +274,7 @@ def _end(rec, work, tensor):
                 s = _state.session
                 if s is not None:
                     s.pending_poll.append(rec)
+                s.wake()
             else:
                 fut.add_done_callback(functools.partial(_complete, rec))
     except Exception as exc:  # our bookkeeping only; the work itself is the user's
@@ -258,8 +298,8 @@ class RecordingProcessGroup(_PG):
         else:
             store, (rank, size) = None, args
         _PG.__init__(self, rank, size)
-        self.__dict__["_ct_store"] = store
-        self.__dict__["_ct_info"] = None
+        self._ct_store = store
+        self._ct_info = None
 
     def get_group_store(self):
         store = self.__dict__.get("_ct_store")

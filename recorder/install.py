@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import functools
 
+import torch
 import torch.distributed as dist
 import torch.distributed.distributed_c10d as c10d
 
-from recorder import _state
+from recorder import _state, capture
 from recorder._log import warn_once
 from recorder.capture import RecordingProcessGroup
 
 _REAL_PG = c10d.ProcessGroup
+_Work = torch._C._distributed_c10d.Work
 _originals: dict[str, object] = {}
 _MODULES = (c10d, dist)
 
@@ -197,11 +199,17 @@ def install() -> bool:
             continue
         _originals[name] = original
         _set(name, wrap(original))
+    _originals["Work.wait"] = _Work.__dict__["wait"]
+    _Work.wait = capture.make_wait_hook(_Work.__dict__["wait"])
     return True
 
 
 def uninstall() -> None:
     """Put back every original object exactly."""
+    wait = _originals.pop("Work.wait", None)
+    if wait is not None:
+        _Work.wait = wait
+    capture.waiting.clear()
     for name, original in list(_originals.items()):
         for module in _MODULES:
             current = getattr(module, name, None)

@@ -1,0 +1,106 @@
+"""Added cost per collective call: the same call on a recording and a plain group, paired in one run.
+
+Uses torch's fake backend (no communication at all), so what is measured is the cost of the call
+path itself. Both groups live in one process; batches alternate between them so that machine
+noise hits both alike. Prints one JSON line per operation with min/median/max of the paired
+difference in microseconds per call.
+
+    python benchmarks/recorder_overhead.py [--calls 20000] [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+from torch.testing._internal.distributed.fake_pg import FakeStore
+
+import recorder
+from recorder import _state
+
+
+def _groups(world: int):
+    """A recording group and a plain group of the same size and backend."""
+    recorded = dist.new_group(list(range(world)))
+    session, _state.session = _state.session, None
+    try:
+        plain = dist.new_group(list(range(world)))
+    finally:
+        _state.session = session
+    return recorded, plain
+
+
+def _ops(world: int):
+    small = torch.ones(16)
+    gathered = torch.empty(16 * world)
+
+    def all_reduce(group):
+        dist.all_reduce(small, group=group)
+
+    def all_gather_into_tensor(group):
+        dist.all_gather_into_tensor(gathered, small, group=group)
+
+    def isend_irecv(group):
+        a = dist.isend(small, dst=1, group=group)
+        b = dist.irecv(small, src=1, group=group)
+        a.wait()
+        b.wait()
+
+    return {"all_reduce": all_reduce, "all_gather_into_tensor": all_gather_into_tensor,
+            "isend_irecv_pair": isend_irecv}
+
+
+def _time(fn, group, calls: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn(group)
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--world", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        recorder.enable(tmp, clock_sync=False, run_id="overhead")
+        dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=args.world)
+        recorded, plain = _groups(args.world)
+        assert type(recorded).__name__ == "RecordingProcessGroup" and type(plain) is dist.ProcessGroup
+        results = []
+        for name, fn in _ops(args.world).items():
+            _time(fn, recorded, 2000)
+            _time(fn, plain, 2000)
+            base, rec, diff = [], [], []
+            for _ in range(args.repeats):
+                b = _time(fn, plain, args.calls)
+                r = _time(fn, recorded, args.calls)
+                base.append(b)
+                rec.append(r)
+                diff.append(r - b)
+            results.append({
+                "op": name,
+                "plain_us_median": round(statistics.median(base), 3),
+                "recorded_us_median": round(statistics.median(rec), 3),
+                "added_us_min": round(min(diff), 3),
+                "added_us_median": round(statistics.median(diff), 3),
+                "added_us_max": round(max(diff), 3),
+                "calls_per_batch": args.calls,
+                "repeats": args.repeats,
+            })
+        dropped = _state.session.dropped if _state.session else None
+        recorder.disable()
+        dist.destroy_process_group()
+    for row in results:
+        row["dropped_events"] = dropped
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
