@@ -62,9 +62,14 @@ _finder: _PostImportFinder | None = None
 def _on_c10d_imported(module) -> None:
     _remove_finder()
     try:
+        from recorder.config import from_env
+
+        config = from_env()
+        if config.disabled or not config.dir:
+            return
         from recorder import _session
 
-        _session.enable_from_env()
+        _session.enable(config.dir)
     except Exception as exc:  # the recorder never breaks the import of torch
         from recorder._log import warn_once
 

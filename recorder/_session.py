@@ -540,9 +540,3 @@ def disable() -> None:
     _state.session = None
     install.uninstall()
 
-
-def enable_from_env() -> None:
-    config = from_env()
-    if config.disabled or not config.dir:
-        return
-    enable(config.dir)

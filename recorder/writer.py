@@ -45,7 +45,8 @@ def _dtype_info(dtype, cache: dict) -> tuple[str | None, int]:
 
 
 def _dictionary(values: list, indices: pa.Array, type_: pa.DataType) -> pa.DictionaryArray:
-    return pa.DictionaryArray.from_arrays(indices, pa.array(values, type=type_.value_type))
+    # Through take + dictionary_encode so that a None value becomes a null, not a null dictionary entry.
+    return pc.take(pa.array(values, type=type_.value_type), indices).dictionary_encode()
 
 
 def _codes(objects: tuple) -> tuple[pa.Array, list]:

@@ -1,0 +1,63 @@
+"""Shared helpers: run real multi-process jobs and read what the recorder wrote."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+JOBS = Path(__file__).resolve().parent / "jobs"
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMMTRACE_", "TORCH_FR", "PYTEST"))}
+    env.update(extra)
+    return env
+
+
+def run_job(args: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"job failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def run_dirs(trace_dir: Path) -> list[Path]:
+    return sorted({Path(p).parent for p in glob.glob(str(trace_dir / "*" / "rank=*"))})
+
+
+def load_events(trace_dir: Path) -> pa.Table:
+    files = sorted(glob.glob(str(trace_dir / "*" / "rank=*" / "collectives-*.parquet")))
+    assert files, f"no segments under {trace_dir}"
+    return pa.concat_tables(pq.read_table(f) for f in files)
+
+
+def rank_meta(trace_dir: Path) -> dict[int, dict]:
+    out = {}
+    for path in glob.glob(str(trace_dir / "*" / "rank=*" / "rank-*.json")):
+        with open(path) as fh:
+            meta = json.load(fh)
+        out[meta["rank"]] = meta
+    return out
+
+
+@pytest.fixture
+def tmp_trace(tmp_path: Path) -> Path:
+    d = tmp_path / "traces"
+    d.mkdir()
+    return d
