@@ -73,7 +73,7 @@ def _job_id(env: dict[str, str]) -> str | None:
 def _new_run_id(env: dict[str, str]) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
     job = _job_id(env)
-    parts = [stamp] + ([_clean(job)] if job else []) + [secrets.token_hex(3)]
+    parts = [stamp] + ([_clean(job)[:12]] if job else []) + [secrets.token_hex(3)]
     restart = env.get("TORCHELASTIC_RESTART_COUNT")
     if restart and restart != "0":
         parts.append(f"r{_clean(restart)}")
@@ -133,6 +133,7 @@ class Session:
 
     # -- process groups ----------------------------------------------------------------------------
     def on_group_created(self, pg, store, is_default: bool) -> None:
+        C._twin(pg)  # now that torch has configured the group, build its twin from it
         if self.config.cuda_timing and _backend_name(pg) == "nccl":
             self.enable_cuda_timing(pg, None)
         if is_default and self.rank is None:
@@ -539,4 +540,3 @@ def disable() -> None:
         session.close()
     _state.session = None
     install.uninstall()
-

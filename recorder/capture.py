@@ -148,12 +148,7 @@ def _complete(rec, fut) -> None:
 
 
 def _begin(pg, op, n_in, n_out, tensor, peer, root, opts, p2p_peer=None):
-    """Start the record of one operation; the caller then calls the real method itself.
-
-    The real ``ProcessGroup`` method must be called from the overriding method's own frame: pybind's
-    trampoline recognises that frame (same name, same ``self``) and runs the C++ implementation
-    instead of calling back into Python.
-    """
+    """Start the record of one operation; the caller then forwards the call to the twin group."""
     s = _state.session
     info = pg._ct_info
     if info is None:
@@ -286,8 +281,8 @@ class RecordingProcessGroup(_PG):
     """A ``ProcessGroup`` that records every operation issued to it, from Python or C++.
 
     Built by ``torch.distributed`` itself (see :mod:`recorder.install`); users never construct it.
-    Methods are named exactly as the C++ virtuals so that pybind's recursion guard sends the
-    inner ``_PG.<name>(self, ...)`` call to the real implementation.
+    Its methods are named as the C++ virtuals, so pybind's trampoline sends C++ callers here too;
+    each records and forwards to the group's plain twin (see :func:`_twin`).
     """
 
     def __init__(self, *args) -> None:
@@ -300,6 +295,12 @@ class RecordingProcessGroup(_PG):
         _PG.__init__(self, rank, size)
         self._ct_store = store
         self._ct_info = None
+        self._ct_shadow = None
+
+    def _register_backend(self, *args, **kwargs):
+        _PG._register_backend(self, *args, **kwargs)
+        if self._ct_shadow is not None:
+            self._ct_shadow._register_backend(*args, **kwargs)
 
     def get_group_store(self):
         store = self.__dict__.get("_ct_store")
@@ -308,14 +309,14 @@ class RecordingProcessGroup(_PG):
     # -- collectives -------------------------------------------------------------------------------
     def allreduce(self, *args, **kwargs):
         if _state.session is None:
-            return _PG.allreduce(self, *args, **kwargs)
+            return _twin(self).allreduce(*args, **kwargs)
         t = args[0] if args else kwargs.get("tensors", kwargs.get("tensor"))
         opts = args[1] if len(args) > 1 else kwargs.get("opts")
         n = _numel(t)
         t = _first_tensor(t)
         rec = _begin(self, "all_reduce", n, n, t, None, None, opts)
         try:
-            work = _PG.allreduce(self, *args, **kwargs)
+            work = _twin(self).allreduce(*args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -323,12 +324,12 @@ class RecordingProcessGroup(_PG):
 
     def allreduce_coalesced(self, tensors, *args, **kwargs):
         if _state.session is None:
-            return _PG.allreduce_coalesced(self, tensors, *args, **kwargs)
+            return _twin(self).allreduce_coalesced(tensors, *args, **kwargs)
         n = _numel(tensors)
         t = _first_tensor(tensors)
         rec = _begin(self, "all_reduce_coalesced", n, n, t, None, None, args[0] if args else kwargs.get("opts"))
         try:
-            work = _PG.allreduce_coalesced(self, tensors, *args, **kwargs)
+            work = _twin(self).allreduce_coalesced(tensors, *args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -336,7 +337,7 @@ class RecordingProcessGroup(_PG):
 
     def broadcast(self, *args, **kwargs):
         if _state.session is None:
-            return _PG.broadcast(self, *args, **kwargs)
+            return _twin(self).broadcast(*args, **kwargs)
         t = args[0] if args else kwargs.get("tensors", kwargs.get("tensor"))
         opts = args[1] if len(args) > 1 else kwargs.get("opts")
         root = (
@@ -348,7 +349,7 @@ class RecordingProcessGroup(_PG):
         t = _first_tensor(t)
         rec = _begin(self, "broadcast", n, n, t, None, root, opts if not isinstance(opts, int) else None)
         try:
-            work = _PG.broadcast(self, *args, **kwargs)
+            work = _twin(self).broadcast(*args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -356,7 +357,7 @@ class RecordingProcessGroup(_PG):
 
     def reduce(self, *args, **kwargs):
         if _state.session is None:
-            return _PG.reduce(self, *args, **kwargs)
+            return _twin(self).reduce(*args, **kwargs)
         t = args[0] if args else kwargs.get("tensors", kwargs.get("tensor"))
         opts = args[1] if len(args) > 1 else kwargs.get("opts")
         root = (
@@ -368,7 +369,7 @@ class RecordingProcessGroup(_PG):
         t = _first_tensor(t)
         rec = _begin(self, "reduce", n, n, t, None, root, opts if not isinstance(opts, int) else None)
         try:
-            work = _PG.reduce(self, *args, **kwargs)
+            work = _twin(self).reduce(*args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -376,7 +377,7 @@ class RecordingProcessGroup(_PG):
 
     def allgather(self, output_lists, input_tensors, *args, **kwargs):
         if _state.session is None:
-            return _PG.allgather(self, output_lists, input_tensors, *args, **kwargs)
+            return _twin(self).allgather(output_lists, input_tensors, *args, **kwargs)
         t = _first_tensor(input_tensors)
         rec = _begin(
             self,
@@ -389,7 +390,7 @@ class RecordingProcessGroup(_PG):
             args[0] if args else kwargs.get("opts"),
         )
         try:
-            work = _PG.allgather(self, output_lists, input_tensors, *args, **kwargs)
+            work = _twin(self).allgather(output_lists, input_tensors, *args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -397,7 +398,7 @@ class RecordingProcessGroup(_PG):
 
     def all_gather_single(self, output, input, *args, **kwargs):
         if _state.session is None:
-            return _PG.all_gather_single(self, output, input, *args, **kwargs)
+            return _twin(self).all_gather_single(output, input, *args, **kwargs)
         t = input
         rec = _begin(
             self,
@@ -410,7 +411,7 @@ class RecordingProcessGroup(_PG):
             args[0] if args else kwargs.get("opts"),
         )
         try:
-            work = _PG.all_gather_single(self, output, input, *args, **kwargs)
+            work = _twin(self).all_gather_single(output, input, *args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -418,7 +419,7 @@ class RecordingProcessGroup(_PG):
 
     def allgather_coalesced(self, output_lists, input_tensors, *args, **kwargs):
         if _state.session is None:
-            return _PG.allgather_coalesced(self, output_lists, input_tensors, *args, **kwargs)
+            return _twin(self).allgather_coalesced(output_lists, input_tensors, *args, **kwargs)
         t = _first_tensor(input_tensors)
         rec = _begin(
             self,
@@ -431,7 +432,7 @@ class RecordingProcessGroup(_PG):
             args[0] if args else kwargs.get("opts"),
         )
         try:
-            work = _PG.allgather_coalesced(self, output_lists, input_tensors, *args, **kwargs)
+            work = _twin(self).allgather_coalesced(output_lists, input_tensors, *args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -439,7 +440,7 @@ class RecordingProcessGroup(_PG):
 
     def all_gather_single_coalesced(self, outputs, inputs, *args, **kwargs):
         if _state.session is None:
-            return _PG.all_gather_single_coalesced(self, outputs, inputs, *args, **kwargs)
+            return _twin(self).all_gather_single_coalesced(outputs, inputs, *args, **kwargs)
         t = _first_tensor(inputs)
         rec = _begin(
             self,
@@ -452,7 +453,7 @@ class RecordingProcessGroup(_PG):
             args[0] if args else kwargs.get("opts"),
         )
         try:
-            work = _PG.all_gather_single_coalesced(self, outputs, inputs, *args, **kwargs)
+            work = _twin(self).all_gather_single_coalesced(outputs, inputs, *args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -460,7 +461,7 @@ class RecordingProcessGroup(_PG):
 
     def reduce_scatter(self, outputs, input_lists, *args, **kwargs):
         if _state.session is None:
-            return _PG.reduce_scatter(self, outputs, input_lists, *args, **kwargs)
+            return _twin(self).reduce_scatter(outputs, input_lists, *args, **kwargs)
         t = _first_tensor(outputs)
         rec = _begin(
             self,
@@ -473,7 +474,7 @@ class RecordingProcessGroup(_PG):
             args[0] if args else kwargs.get("opts"),
         )
         try:
-            work = _PG.reduce_scatter(self, outputs, input_lists, *args, **kwargs)
+            work = _twin(self).reduce_scatter(outputs, input_lists, *args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -481,7 +482,7 @@ class RecordingProcessGroup(_PG):
 
     def reduce_scatter_single(self, output, input, *args, **kwargs):
         if _state.session is None:
-            return _PG.reduce_scatter_single(self, output, input, *args, **kwargs)
+            return _twin(self).reduce_scatter_single(output, input, *args, **kwargs)
         t = input
         rec = _begin(
             self,
@@ -494,7 +495,7 @@ class RecordingProcessGroup(_PG):
             args[0] if args else kwargs.get("opts"),
         )
         try:
-            work = _PG.reduce_scatter_single(self, output, input, *args, **kwargs)
+            work = _twin(self).reduce_scatter_single(output, input, *args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -502,7 +503,7 @@ class RecordingProcessGroup(_PG):
 
     def reduce_scatter_single_coalesced(self, outputs, inputs, *args, **kwargs):
         if _state.session is None:
-            return _PG.reduce_scatter_single_coalesced(self, outputs, inputs, *args, **kwargs)
+            return _twin(self).reduce_scatter_single_coalesced(outputs, inputs, *args, **kwargs)
         t = _first_tensor(inputs)
         rec = _begin(
             self,
@@ -515,7 +516,7 @@ class RecordingProcessGroup(_PG):
             args[0] if args else kwargs.get("opts"),
         )
         try:
-            work = _PG.reduce_scatter_single_coalesced(self, outputs, inputs, *args, **kwargs)
+            work = _twin(self).reduce_scatter_single_coalesced(outputs, inputs, *args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -523,13 +524,13 @@ class RecordingProcessGroup(_PG):
 
     def alltoall(self, outputs, inputs, *args, **kwargs):
         if _state.session is None:
-            return _PG.alltoall(self, outputs, inputs, *args, **kwargs)
+            return _twin(self).alltoall(outputs, inputs, *args, **kwargs)
         t = _first_tensor(inputs)
         rec = _begin(
             self, "all_to_all", _numel(inputs), _numel(outputs), t, None, None, args[0] if args else kwargs.get("opts")
         )
         try:
-            work = _PG.alltoall(self, outputs, inputs, *args, **kwargs)
+            work = _twin(self).alltoall(outputs, inputs, *args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -537,12 +538,12 @@ class RecordingProcessGroup(_PG):
 
     def all_to_all_single(self, output, input, *args, **kwargs):
         if _state.session is None:
-            return _PG.all_to_all_single(self, output, input, *args, **kwargs)
+            return _twin(self).all_to_all_single(output, input, *args, **kwargs)
         opts = args[2] if len(args) > 2 else kwargs.get("opts")
         t = input
         rec = _begin(self, "all_to_all_single", input.numel(), output.numel(), t, None, None, opts)
         try:
-            work = _PG.all_to_all_single(self, output, input, *args, **kwargs)
+            work = _twin(self).all_to_all_single(output, input, *args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -550,7 +551,7 @@ class RecordingProcessGroup(_PG):
 
     def gather(self, output_lists, input_tensors, *args, **kwargs):
         if _state.session is None:
-            return _PG.gather(self, output_lists, input_tensors, *args, **kwargs)
+            return _twin(self).gather(output_lists, input_tensors, *args, **kwargs)
         opts = args[0] if args else kwargs.get("opts")
         root = (
             getattr(opts, "rootRank", 0)
@@ -569,7 +570,7 @@ class RecordingProcessGroup(_PG):
             opts if not isinstance(opts, int) else None,
         )
         try:
-            work = _PG.gather(self, output_lists, input_tensors, *args, **kwargs)
+            work = _twin(self).gather(output_lists, input_tensors, *args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -577,7 +578,7 @@ class RecordingProcessGroup(_PG):
 
     def scatter(self, outputs, input_lists, *args, **kwargs):
         if _state.session is None:
-            return _PG.scatter(self, outputs, input_lists, *args, **kwargs)
+            return _twin(self).scatter(outputs, input_lists, *args, **kwargs)
         opts = args[0] if args else kwargs.get("opts")
         root = (
             getattr(opts, "rootRank", 0)
@@ -596,7 +597,7 @@ class RecordingProcessGroup(_PG):
             opts if not isinstance(opts, int) else None,
         )
         try:
-            work = _PG.scatter(self, outputs, input_lists, *args, **kwargs)
+            work = _twin(self).scatter(outputs, input_lists, *args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -604,12 +605,12 @@ class RecordingProcessGroup(_PG):
 
     def barrier(self, *args, **kwargs):
         if _state.session is None:
-            return _PG.barrier(self, *args, **kwargs)
+            return _twin(self).barrier(*args, **kwargs)
         opts = args[0] if args else kwargs.get("opts")
         t = None
         rec = _begin(self, "barrier", 0, 0, t, None, None, opts if isinstance(opts, dist.BarrierOptions) else None)
         try:
-            work = _PG.barrier(self, *args, **kwargs)
+            work = _twin(self).barrier(*args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -617,11 +618,11 @@ class RecordingProcessGroup(_PG):
 
     def monitored_barrier(self, *args, **kwargs):
         if _state.session is None:
-            return _PG.monitored_barrier(self, *args, **kwargs)
+            return _twin(self).monitored_barrier(*args, **kwargs)
         t = None
         rec = _begin(self, "monitored_barrier", 0, 0, t, None, None, _SYNC)
         try:
-            work = _PG.monitored_barrier(self, *args, **kwargs)
+            work = _twin(self).monitored_barrier(*args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -630,12 +631,12 @@ class RecordingProcessGroup(_PG):
     # -- point to point ----------------------------------------------------------------------------
     def send(self, tensors, dst, *args, **kwargs):
         if _state.session is None:
-            return _PG.send(self, tensors, dst, *args, **kwargs)
+            return _twin(self).send(tensors, dst, *args, **kwargs)
         n = _numel(tensors)
         t = _first_tensor(tensors)
         rec = _begin(self, "send", n, n, t, dst, None, None, dst)
         try:
-            work = _PG.send(self, tensors, dst, *args, **kwargs)
+            work = _twin(self).send(tensors, dst, *args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -643,12 +644,12 @@ class RecordingProcessGroup(_PG):
 
     def recv(self, tensors, src, *args, **kwargs):
         if _state.session is None:
-            return _PG.recv(self, tensors, src, *args, **kwargs)
+            return _twin(self).recv(tensors, src, *args, **kwargs)
         n = _numel(tensors)
         t = _first_tensor(tensors)
         rec = _begin(self, "recv", n, n, t, src, None, None, src)
         try:
-            work = _PG.recv(self, tensors, src, *args, **kwargs)
+            work = _twin(self).recv(tensors, src, *args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -656,12 +657,12 @@ class RecordingProcessGroup(_PG):
 
     def recv_anysource(self, tensors, *args, **kwargs):
         if _state.session is None:
-            return _PG.recv_anysource(self, tensors, *args, **kwargs)
+            return _twin(self).recv_anysource(tensors, *args, **kwargs)
         n = _numel(tensors)
         t = _first_tensor(tensors)
         rec = _begin(self, "recv_anysource", n, n, t, None, None, None, None)
         try:
-            work = _PG.recv_anysource(self, tensors, *args, **kwargs)
+            work = _twin(self).recv_anysource(tensors, *args, **kwargs)
         except BaseException:
             _raised(rec)
             raise
@@ -669,7 +670,7 @@ class RecordingProcessGroup(_PG):
 
     # -- coalescing (NCCL groups, batch_isend_irecv) -------------------------------------------------
     def _start_coalescing(self, *args, **kwargs):
-        result = _PG._start_coalescing(self, *args, **kwargs)
+        result = _twin(self)._start_coalescing(*args, **kwargs)
         if _state.session is not None:
             _info(self).coalescing = True
         return result
@@ -678,12 +679,11 @@ class RecordingProcessGroup(_PG):
         info = self.__dict__.get("_ct_info")
         if info is not None:
             info.coalescing = False
-        return _PG._end_coalescing(self, *args, **kwargs)
+        return _twin(self)._end_coalescing(*args, **kwargs)
 
     # -- groups made from this one -----------------------------------------------------------------
     def split_group(self, *args, **kwargs):
-        shadow = _shadow(self)
-        new = shadow.split_group(*args, **kwargs)
+        new = _twin(self).split_group(*args, **kwargs)
         return rewrap(new) if new is not None else None
 
 
@@ -735,19 +735,25 @@ def rewrap(pg: _PG) -> _PG:
     try:
         wrapped = RecordingProcessGroup(_safe(pg.get_group_store, None), pg.rank(), pg.size())
         _copy_into(pg, wrapped)
-        wrapped.__dict__["_ct_shadow"] = pg
+        wrapped._ct_shadow = pg
         return wrapped
     except Exception as exc:
         warn_once("capture:rewrap", "could not record a process group made by split: %r", exc)
         return pg
 
 
-def _shadow(pg: RecordingProcessGroup) -> _PG:
-    """A plain ProcessGroup holding ``pg``'s store, for the C++ methods that need the store."""
-    shadow = pg.__dict__.get("_ct_shadow")
-    if shadow is None:
+def _twin(pg: RecordingProcessGroup) -> _PG:
+    """The plain ``ProcessGroup`` that does the work of ``pg``: same store, backends, name and device.
+
+    Every operation is forwarded to it, so it runs exactly as on an unrecorded group: through the
+    pybind binding (which releases the GIL), the dispatcher and the same backend objects. Calling the
+    base method of ``pg`` itself instead would go through pybind's trampoline, which keeps the GIL
+    for the whole C++ call and can deadlock against a gloo worker thread that needs the GIL.
+    """
+    twin = pg._ct_shadow
+    if twin is None:
         store = pg.__dict__.get("_ct_store")
-        shadow = _PG(store, pg.rank(), pg.size()) if store is not None else _PG(pg.rank(), pg.size())
-        _copy_into(pg, shadow)
-        pg.__dict__["_ct_shadow"] = shadow
-    return shadow
+        twin = _PG(store, pg.rank(), pg.size()) if store is not None else _PG(pg.rank(), pg.size())
+        _copy_into(pg, twin)
+        pg._ct_shadow = twin
+    return twin

@@ -61,3 +61,19 @@ def tmp_trace(tmp_path: Path) -> Path:
     d = tmp_path / "traces"
     d.mkdir()
     return d
+
+
+WORLD = 4
+
+
+@pytest.fixture(scope="session")
+def spawned(tmp_path_factory) -> dict:
+    """One 4-rank run of jobs/all_ops.py under torch.multiprocessing.spawn, with Flight Recorder on."""
+    base = tmp_path_factory.mktemp("spawned")
+    traces, out = base / "traces", base / "out"
+    out.mkdir()
+    env = clean_env(COMMTRACE_DIR=str(traces), JOB_OUT=str(out), TORCH_FR_BUFFER_SIZE="4000")
+    run_job([str(JOBS / "all_ops.py"), "spawn", str(WORLD), free_port()], env)
+    rows = load_events(traces).to_pylist()
+    facts = {r: json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)}
+    return {"traces": traces, "run": run_dirs(traces)[0], "rows": rows, "facts": facts}

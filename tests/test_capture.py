@@ -6,26 +6,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pytest
+from conftest import JOBS, WORLD, clean_env, free_port, load_events, rank_meta, run_dirs, run_job
 
-from conftest import JOBS, clean_env, free_port, load_events, rank_meta, run_dirs, run_job
-
-WORLD = 4
 DDP_STEPS = 3  # as in jobs/all_ops.py
 PARAMS = 10 * 10 + 10  # nn.Linear(10, 10): one DDP bucket
-
-
-@pytest.fixture(scope="module")
-def spawned(tmp_path_factory) -> dict:
-    """One 4-rank run of jobs/all_ops.py under torch.multiprocessing.spawn, with Flight Recorder on."""
-    base = tmp_path_factory.mktemp("spawned")
-    traces, out = base / "traces", base / "out"
-    out.mkdir()
-    env = clean_env(COMMTRACE_DIR=str(traces), JOB_OUT=str(out), TORCH_FR_BUFFER_SIZE="4000")
-    run_job([str(JOBS / "all_ops.py"), "spawn", str(WORLD), free_port()], env)
-    rows = load_events(traces).to_pylist()
-    facts = {r: json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)}
-    return {"traces": traces, "rows": rows, "facts": facts}
 
 
 def _default(rows, rank):

@@ -1,0 +1,137 @@
+"""A run directory as DuckDB views, with every rank's clock moved onto rank 0's.
+
+Nothing in a trace is executed or unpickled: Parquet is read by DuckDB and metadata by ``json``.
+A segment whose footer cannot be read (a file cut short by a crash, a foreign file) is skipped and
+listed in :attr:`Run.problems`; the rest of the run is still analysed.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1  # the newest trace schema this analysis understands
+REQUIRED_COLUMNS = {"rank", "pg", "seq", "op", "bytes_in", "bytes_out", "t_start_ns", "t_end_ns", "status"}
+
+
+class TraceError(Exception):
+    """A trace that cannot be analysed; the message is one line meant for the user."""
+
+
+@dataclass
+class Run:
+    path: str
+    con: duckdb.DuckDBPyConnection
+    run_meta: dict
+    ranks: dict[int, dict]
+    segments: list[str]
+    problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Run:
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise TraceError(f"{path}: no such directory")
+        if not os.path.isdir(path):
+            raise TraceError(f"{path}: not a directory (give a run directory written by the recorder)")
+        rank_dirs = sorted(glob.glob(os.path.join(path, "rank=*")))
+        if not rank_dirs:
+            runs = sorted(glob.glob(os.path.join(path, "*", "rank=*")))
+            hint = f"; it holds runs, e.g. {os.path.dirname(runs[-1])}" if runs else ""
+            raise TraceError(f"{path}: not a commtrace run directory (no rank=* folders){hint}")
+        problems: list[str] = []
+        run_meta = _read_json(os.path.join(path, "run.json"), problems) or {}
+        ranks: dict[int, dict] = {}
+        for meta_path in sorted(glob.glob(os.path.join(path, "rank=*", "rank-*.json"))):
+            meta = _read_json(meta_path, problems)
+            if isinstance(meta, dict) and isinstance(meta.get("rank"), int):
+                ranks.setdefault(meta["rank"], meta)
+        segments = []
+        for seg in sorted(glob.glob(os.path.join(path, "rank=*", "collectives-*.parquet"))):
+            reason = _check_segment(seg)
+            if reason is None:
+                segments.append(seg)
+            else:
+                problems.append(f"{os.path.relpath(seg, path)}: skipped ({reason})")
+        if not segments:
+            raise TraceError(f"{path}: no readable collective segments" + (f" ({problems[0]})" if problems else ""))
+        con = duckdb.connect()
+        run = cls(path, con, run_meta, ranks, segments, problems)
+        run._create_views()
+        return run
+
+    def _create_views(self) -> None:
+        offsets = [
+            (r, int(((m.get("clock") or {}).get("start") or {}).get("offset_ns") or 0)) for r, m in self.ranks.items()
+        ]
+        self.con.execute("CREATE TABLE clock_offsets (rank INTEGER, offset_ns BIGINT)")
+        for rank, offset in offsets:
+            self.con.sql("INSERT INTO clock_offsets VALUES (?, ?)", params=[rank, offset])
+        files = ", ".join(_sql_string(p) for p in self.segments)
+        self.con.execute(f"CREATE VIEW raw_collectives AS SELECT * FROM read_parquet([{files}], union_by_name = true)")
+        # One timeline: a rank's timestamps plus its measured offset to rank 0's clock.
+        self.con.execute("""
+            CREATE VIEW collectives AS
+            SELECT c.* REPLACE (c.t_start_ns + coalesce(o.offset_ns, 0) AS t_start_ns,
+                                c.t_end_ns + coalesce(o.offset_ns, 0) AS t_end_ns),
+                   (c.t_end_ns - c.t_start_ns) / 1e6 AS duration_ms
+            FROM raw_collectives c LEFT JOIN clock_offsets o USING (rank)
+        """)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run_meta.get("run_id") or os.path.basename(os.path.normpath(self.path)))
+
+    @property
+    def world_size(self) -> int | None:
+        sizes = [m.get("world_size") for m in self.ranks.values() if m.get("world_size")]
+        return max(sizes) if sizes else self.run_meta.get("world_size")
+
+    @property
+    def hosts(self) -> list[str]:
+        return sorted({str(m.get("host")) for m in self.ranks.values() if m.get("host")})
+
+    def sql(self, query: str, params: list | None = None):
+        """Run a query over the views; returns a polars DataFrame."""
+        return self.con.sql(query, params=params).pl() if params else self.con.sql(query).pl()
+
+
+def _sql_string(text: str) -> str:
+    """A SQL string literal (views cannot take prepared parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _read_json(path: str, problems: list[str]):
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError) as exc:
+        problems.append(f"{os.path.basename(path)}: unreadable metadata ({exc.__class__.__name__})")
+        return None
+
+
+def _check_segment(path: str) -> str | None:
+    try:
+        meta = pq.read_metadata(path)
+    except Exception as exc:
+        return f"not a readable Parquet file: {exc.__class__.__name__}"
+    kv = meta.metadata or {}
+    version = kv.get(b"commtrace.schema_version")
+    if version is None:
+        return "not written by the commtrace recorder"
+    try:
+        if int(version) > SCHEMA_VERSION:
+            return f"schema version {int(version)} is newer than this analysis ({SCHEMA_VERSION}); upgrade commtrace"
+    except ValueError:
+        return "unreadable schema version"
+    missing = REQUIRED_COLUMNS - set(meta.schema.names)
+    if missing:
+        return f"missing columns {sorted(missing)}"
+    return None

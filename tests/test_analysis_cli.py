@@ -1,0 +1,49 @@
+"""The analysis side on real traces, in an interpreter where torch cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import WORLD, clean_env
+
+NO_TORCH = "import sys; sys.modules['torch'] = None; from analysis.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TORCH, *args], env=clean_env(), capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_summary_without_torch(spawned):
+    proc = _cli("summary", str(spawned["run"]), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {(r["pg"], r["op"]): r for r in json.loads(proc.stdout)}
+    assert rows[("0", "barrier")]["events"] == WORLD
+    assert rows[("0", "all_reduce")]["ranks"] == WORLD
+    total = sum(r["events"] for r in rows.values())
+    assert total == len(spawned["rows"])
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, spawned):
+    for target, expected in ((tmp_path / "missing", "no such directory"),
+                             (tmp_path, "not a commtrace run directory"),
+                             (spawned["traces"], "it holds runs")):
+        proc = _cli("summary", str(target))
+        assert proc.returncode == 2
+        assert proc.stdout == ""
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_unreadable_segment_is_reported_not_fatal(tmp_path, spawned):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(spawned["run"], run)
+    victim = sorted(run.glob("rank=00001/collectives-*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    proc = _cli("summary", str(run))
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: rank=00001/{victim.name}: skipped" in proc.stdout

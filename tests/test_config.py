@@ -1,0 +1,34 @@
+"""Settings: one table in the docs, bad values warn once and fall back."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from recorder import _log, config
+
+
+def test_every_variable_is_documented():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    for name in config.ALL_VARIABLES:
+        assert f"`{name}`" in doc
+
+
+def test_bad_values_warn_once_and_fall_back(caplog):
+    _log._seen.clear()
+    env = {"COMMTRACE_DIR": "/x", "COMMTRACE_FLUSH_S": "soon", "COMMTRACE_CLOCK_SYNC": "maybe",
+           "COMMTRACE_MAX_BUFFERED": "-5"}
+    with caplog.at_level(logging.WARNING, logger="commtrace"):
+        first = config.from_env(env)
+        second = config.from_env(env)
+    assert first == second
+    assert (first.flush_s, first.clock_sync, first.max_buffered) == (1.0, True, 262144)
+    messages = [r.getMessage() for r in caplog.records if r.name == "commtrace"]
+    assert len(messages) == 3
+    assert any("COMMTRACE_FLUSH_S='soon'" in m for m in messages)
+
+
+def test_good_values_and_overrides():
+    cfg = config.from_env({"COMMTRACE_DIR": "/t", "COMMTRACE_FLUSH_S": "0.25", "COMMTRACE_CLOCK_SYNC": "off"},
+                          flush_events=10)
+    assert (cfg.dir, cfg.flush_s, cfg.clock_sync, cfg.flush_events) == ("/t", 0.25, False, 10)
