@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import itertools
 import json
 import os
 import secrets
@@ -25,7 +26,7 @@ from recorder import capture as C
 from recorder._log import warn_once
 from recorder.config import Config, from_env
 from recorder.schema import RANK_META_PREFIX, RUN_META, SCHEMA_VERSION
-from recorder.writer import SegmentWriter, records_to_table, wall_minus_mono
+from recorder.writer import SegmentWriter, build_segment, wall_minus_mono
 
 ENV_PREFIXES = ("TORCH_", "NCCL_", "COMMTRACE_", "GLOO_", "TORCHELASTIC_", "MASTER_", "OMP_", "CUDA_")
 ENV_NAMES = (
@@ -104,11 +105,13 @@ class Session:
         self.config = config
         self.pid = os.getpid()
         self.incarnation = f"{self.pid}-{secrets.token_hex(2)}"
-        self.buffer: collections.deque = collections.deque()
+        self.buffer: collections.deque = collections.deque()  # issue events, appended by the hot path
+        self.done: collections.deque = collections.deque()  # completion events
+        self.ids = itertools.count()
         self.max_buffered = config.max_buffered
         self.flush_events = config.flush_events
         self.dropped = 0
-        self.inflight: list = []
+        self.inflight: list = []  # issue events still waiting for their completion
         self.pending_poll: collections.deque = collections.deque()  # filled by the hot path
         self._polled: list = []  # the writer's own list of works it polls
         self.groups: dict[str, C.GroupInfo] = {}
@@ -307,32 +310,32 @@ class Session:
                 next_flush = time.monotonic() + flush_s
 
     def _poll_works(self) -> bool:
-        """Complete the polled records whose works are done; True if any was."""
+        """Complete the polled works that are done; True if any was."""
         inbox = self.pending_poll
         while inbox:
             self._polled.append(inbox.popleft())
         still = []
-        for rec in self._polled:
-            work = rec[C.WORK]
+        for entry in self._polled:
+            rid, work, is_cuda = entry
             try:
-                done = work.is_completed()
+                finished = work.is_completed()
             except Exception:
-                done = True
-            if not done:
-                still.append(rec)
+                finished = True
+            if not finished:
+                still.append(entry)
                 continue
             now = time.monotonic_ns()
-            if rec[C.DEVICE] == "cuda":
+            gpu_ns = None
+            if is_cuda:
                 try:
-                    rec[C.GPU_NS] = int(work._get_duration() * 1e6)
+                    gpu_ns = int(work._get_duration() * 1e6)
                 except Exception:
                     pass
             try:
-                rec[C.STATUS] = C.OK if work.is_success() else C.ERROR
+                status = C.OK if work.is_success() else C.ERROR
             except Exception:
-                rec[C.STATUS] = C.OK
-            rec[C.WORK] = None
-            rec[C.T1] = now
+                status = C.OK
+            self.done.append((rid, now, status, gpu_ns))
         completed = len(still) < len(self._polled)
         self._polled = still
         return completed
@@ -346,37 +349,34 @@ class Session:
             with self._lock:
                 if self.writer is None:
                     return
-                drained = []
-                buf = self.buffer
-                while buf:
-                    drained.append(buf.popleft())
-                candidates = self.inflight + drained
-                now = time.monotonic_ns()
-                horizon = now - int(self.config.pending_s * 1e9)
-                done, waiting = [], []
-                for rec in candidates:
-                    if rec[C.T1] is not None or final or rec[C.T0] < horizon:
-                        done.append(rec)
-                    else:
-                        waiting.append(rec)
-                if len(waiting) > self.max_buffered:
-                    done.extend(waiting[: len(waiting) - self.max_buffered])
-                    waiting = waiting[len(waiting) - self.max_buffered :]
-                self.inflight = waiting
-                if not done:
+                # Completions first: every completion drained has its issue already in the buffer.
+                dones = _drain(self.done)
+                issues = self.inflight + _drain(self.buffer)
+                if not issues:
                     return
-                for rec in done:
-                    info = rec[C.PG]
-                    if info.name not in self.groups:
-                        self.groups[info.name] = info
-                table = records_to_table(done, self.rank, wall_minus_mono(), self._dtype_cache)
-                self.writer.write(table)
-                for rec in done:
-                    rec[C.WORK] = None
+                write_before = None if final else time.monotonic_ns() - int(self.config.pending_s * 1e9)
+                table, carry = build_segment(
+                    issues, dones, C.GROUPS, self.rank, wall_minus_mono(), self._dtype_cache, write_before
+                )
+                if len(carry) > self.max_buffered:  # never hold more than the buffer's bound
+                    table_old, carry = build_segment(
+                        carry, [], C.GROUPS, self.rank, wall_minus_mono(), self._dtype_cache, None
+                    )
+                    self.writer.write(table_old)
+                    carry = []
+                self.inflight = carry
+                if table is not None:
+                    self.writer.write(table)
+                    self._note_groups(issues)
         except Exception as exc:
             self._fail("writer", exc)
         finally:
             self._flush_cpu_s += time.thread_time() - cpu0
+
+    def _note_groups(self, issues: list) -> None:
+        for index in {e[C.GROUP] for e in issues}:
+            info = C.GROUPS[index]
+            self.groups.setdefault(info.name, info)
 
     def _fail(self, where: str, exc: BaseException) -> None:
         """Our own failure: say it once, stop recording, leave training alone."""
@@ -385,6 +385,7 @@ class Session:
         if _state.session is self:
             _state.session = None
         self.buffer.clear()
+        self.done.clear()
         self.inflight = []
 
     def before_destroy(self, group) -> None:
@@ -422,6 +423,14 @@ class Session:
                 self.write_rank_meta()
             except Exception as exc:
                 warn_once("fail:meta", "could not write the rank's metadata: %r", exc)
+
+
+def _drain(queue: collections.deque) -> list:
+    out = []
+    pop = queue.popleft
+    while queue:
+        out.append(pop())
+    return out
 
 
 def _backend_name(pg) -> str:

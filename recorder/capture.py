@@ -37,9 +37,16 @@ _PG = c10d.ProcessGroup
 _Tensor = torch.Tensor
 _mono = time.monotonic_ns
 
-# Record layout: a plain list per operation, filled on the hot path, converted by the writer.
-PG, SEQ, OP, T0, T1, N_IN, N_OUT, DTYPE, PEER, ROOT, ASYNC, COAL, STEP, API, STATUS, WORK, GPU_NS, DEVICE = range(18)
-NFIELDS = 18
+# The hot path appends immutable tuples of plain values (ints, strings, a dtype), which the garbage
+# collector stops tracking, so a full buffer costs no collection time. An operation is two events:
+# an issue (appended before the call, so hangs and crashes still show it) and a completion.
+ID, GROUP, SEQ, OP, T0, N_IN, N_OUT, DTYPE, PEER, ROOT, ASYNC, COAL, STEP, API, DEVICE = range(15)
+ISSUE_FIELDS = 15
+# Completion: (ID, T1, STATUS, GPU_NS)
+DONE_FIELDS = 4
+
+GROUPS: list = []
+"""Every GroupInfo of this process, by index (issue events carry the index)."""
 
 OK, ERROR, IN_FLIGHT = "ok", "error", "in_flight"
 
@@ -84,10 +91,11 @@ class GroupInfo:
         self.seq = 0
         self.p2p: dict[tuple[str, int], int] = {}
         self.coalescing = False
-        self.index = -1
         self.timing_enabled = False
         # Backends whose collective works may be waited on twice (the caller waits again after us).
         self.wait_inside = self.backend in WAIT_TWICE_BACKENDS
+        self.index = len(GROUPS)
+        GROUPS.append(self)
 
     def global_rank(self, group_rank: int | None) -> int | None:
         if group_rank is None or group_rank < 0:
@@ -135,146 +143,221 @@ def _info(pg) -> GroupInfo:
     return info
 
 
-def _complete(rec, fut) -> None:
-    # T1 is written last: the writer treats a record with T1 set as finished.
+def _complete(session, rid: int, fut) -> None:
     now = _mono()
     try:
         fut.value()
     except Exception:
-        rec[STATUS] = ERROR
+        session.done.append((rid, now, ERROR, None))
     else:
-        rec[STATUS] = OK
-    rec[T1] = now
+        session.done.append((rid, now, OK, None))
 
 
-def _begin(pg, op, n_in, n_out, tensor, peer, root, opts, p2p_peer=None):
-    """Start the record of one operation; the caller then forwards the call to the twin group."""
-    s = _state.session
-    info = pg._ct_info
-    if info is None:
-        info = _info(pg)
-    if op in P2P_OPS:
-        key = (op, -1 if p2p_peer is None else p2p_peer)
-        seq = info.p2p.get(key, 0)
-        info.p2p[key] = seq + 1
-    else:
+def _record(pg, fn, op, args, kwargs, n_in, n_out, tensor, peer, root, opts):
+    """Record one collective around ``fn(twin, *args, **kwargs)``: the recorder's hot path."""
+    try:
+        s = _state.session
+        info = pg._ct_info or _info(pg)
         seq = info.seq
         info.seq = seq + 1
-    is_async = True if opts is None else getattr(opts, "asyncOp", True)
-    api = _state.tls.__dict__.get("api") if _state.api_depth else None
-    if api in SYNC_P2P_APIS and op in P2P_OPS:
-        is_async = False
-    rec = [
-        info,
-        seq,
-        op,
-        _mono(),
-        None,
-        n_in,
-        n_out,
-        tensor.dtype if tensor is not None else None,
-        peer,
-        root,
-        is_async,
-        info.coalescing,
-        _state.step,
-        api,
-        IN_FLIGHT,
-        None,
-        None,
-        None,
-    ]
-    buf = s.buffer
-    n = len(buf)
-    if n < s.max_buffered:
-        buf.append(rec)
-        if n == s.flush_events:
-            s.wake()
+        is_async = True if opts is None else getattr(opts, "asyncOp", True)
+        device = None if tensor is None else ("cuda" if tensor.is_cuda else "cpu")
+        buf = s.buffer
+        n = len(buf)
+        if n < s.max_buffered:
+            rid = next(s.ids)
+            buf.append(
+                (
+                    rid,
+                    info.index,
+                    seq,
+                    op,
+                    _mono(),
+                    n_in,
+                    n_out,
+                    None if tensor is None else tensor.dtype,
+                    peer,
+                    root,
+                    is_async,
+                    info.coalescing,
+                    _state.step,
+                    _state.tls.__dict__.get("api") if _state.api_depth else None,
+                    device,
+                )
+            )
+            if n == s.flush_events:
+                s.wake()
+        else:
+            s.dropped += 1
+            rid = None
+    except Exception as exc:  # our bookkeeping failed: run the call unrecorded
+        warn_once("capture:record", "could not record an operation (%r); it ran unrecorded", exc)
+        return fn(pg._ct_shadow or _twin(pg), *args, **kwargs)
+    try:
+        work = fn(pg._ct_shadow or _twin(pg), *args, **kwargs)
+    except BaseException:
+        if rid is not None:
+            s.done.append((rid, _mono(), ERROR, None))
+        raise
+    if rid is None:
+        return work
+    if not is_async and device == "cpu" and info.wait_inside:
+        # The common case, inline: the caller waits right after we return, so waiting here first is
+        # free and exact (gloo collective works may be waited on twice; its send/recv works may not).
+        try:
+            work.wait()
+        except Exception:
+            s.done.append((rid, _mono(), ERROR, None))
+        else:
+            s.done.append((rid, _mono(), OK, None))
     else:
-        s.dropped += 1
-    return rec
+        _end(s, rid, work, device, is_async, info)
+    return work
+
+
+def _record_p2p(pg, fn, op, args, kwargs, tensors, peer):
+    """Record one send/recv: ``seq`` counts per (group, direction, peer), like NCCL's p2p sequence."""
+    try:
+        s = _state.session
+        info = pg._ct_info or _info(pg)
+        key = (op, -1 if peer is None else peer)
+        seq = info.p2p.get(key, 0)
+        info.p2p[key] = seq + 1
+        api = _state.tls.__dict__.get("api") if _state.api_depth else None
+        n = _numel(tensors)
+        tensor = _first_tensor(tensors)
+        device = None if tensor is None else ("cuda" if tensor.is_cuda else "cpu")
+        buf = s.buffer
+        if len(buf) < s.max_buffered:
+            rid = next(s.ids)
+            buf.append(
+                (
+                    rid,
+                    info.index,
+                    seq,
+                    op,
+                    _mono(),
+                    n,
+                    n,
+                    None if tensor is None else tensor.dtype,
+                    peer,
+                    None,
+                    api not in SYNC_P2P_APIS,
+                    info.coalescing,
+                    _state.step,
+                    api,
+                    device,
+                )
+            )
+        else:
+            s.dropped += 1
+            rid = None
+    except Exception as exc:  # our bookkeeping failed: run the call unrecorded
+        warn_once("capture:record", "could not record an operation (%r); it ran unrecorded", exc)
+        return fn(pg._ct_shadow or _twin(pg), *args, **kwargs)
+    try:
+        work = fn(pg._ct_shadow or _twin(pg), *args, **kwargs)
+    except BaseException:
+        if rid is not None:
+            s.done.append((rid, _mono(), ERROR, None))
+        raise
+    if rid is None or work is None:
+        return work
+    try:
+        if device == "cuda":
+            if not info.timing_enabled:
+                s.enable_cuda_timing(None, info)
+            s.pending_poll.append((rid, work, True))
+        elif len(waiting) < _WAITING_MAX:
+            # gloo's send/recv works have no future and must be waited on once only, by their owner:
+            # they complete when the owner's Work.wait() returns (see make_wait_hook).
+            waiting[work] = (s, rid)
+    except Exception as exc:
+        warn_once("capture:p2p", "could not follow completion of %s: %r", op, exc)
+    return work
 
 
 waiting: dict = {}
-"""Point-to-point works not yet waited on, mapped to their records (the work is kept alive here)."""
-_WAITING_MAX = 65536
+"""Point-to-point works not yet waited on, mapped to (session, record id); the work is kept alive here."""
+_WAITING_MAX = 4096  # bounds the works (and tensors) kept alive for un-waited sends
 
 
 def make_wait_hook(original_wait):
     """A replacement for ``Work.wait`` that completes the record of a point-to-point work."""
 
     def wait(self, *args, **kwargs):
-        rec = waiting.pop(self, None) if waiting else None
-        if rec is None:
+        entry = waiting.pop(self, None) if waiting else None
+        if entry is None:
             return original_wait(self, *args, **kwargs)
+        session, rid = entry
         try:
             result = original_wait(self, *args, **kwargs)
         except BaseException:
-            rec[STATUS] = ERROR
-            rec[T1] = _mono()
+            session.done.append((rid, _mono(), ERROR, None))
             raise
-        rec[STATUS] = OK
-        rec[T1] = _mono()
+        session.done.append((rid, _mono(), OK, None))
         return result
 
     wait.__wrapped__ = original_wait
     return wait
 
 
-def _raised(rec) -> None:
-    rec[STATUS] = ERROR
-    rec[T1] = _mono()
-
-
-def _end(rec, work, tensor):
-    """Arrange for the record's completion time; returns ``work`` unchanged."""
+def _end(s, rid: int, work, device, is_async: bool, info: GroupInfo) -> None:
+    """Arrange for the completion event of a collective (all but the inline gloo case of _record)."""
     try:
         if work is None:
-            rec[STATUS] = OK
-            rec[T1] = _mono()
-        elif tensor is not None and tensor.is_cuda:
+            s.done.append((rid, _mono(), OK, None))
+        elif device == "cuda":
             # CUDA work completes on the device: polled off the hot path, timed by CUDA events.
-            rec[DEVICE] = "cuda"
-            rec[WORK] = work
-            s = _state.session
-            if s is not None:
-                info = rec[PG]
-                if not info.timing_enabled:
-                    s.enable_cuda_timing(None, info)
-                s.pending_poll.append(rec)
-                s.wake()
-        elif rec[OP] in P2P_OPS:
-            # gloo's send/recv works have no future and must be waited on once only, by their
-            # owner: they complete when the owner's Work.wait() returns (see wait_hook).
-            rec[DEVICE] = "cpu"
-            if len(waiting) < _WAITING_MAX:
-                waiting[work] = rec
-        elif not rec[ASYNC] and rec[PG].wait_inside:
-            # The caller waits right after we return; waiting here first is free and exact. (Only
-            # for gloo collectives: a gloo send/recv work must not be waited on twice.)
-            rec[DEVICE] = "cpu"
+            if not info.timing_enabled:
+                s.enable_cuda_timing(None, info)
+            s.pending_poll.append((rid, work, True))
+        elif not is_async and info.wait_inside:
             try:
                 work.wait()
             except Exception:
-                rec[STATUS] = ERROR
+                s.done.append((rid, _mono(), ERROR, None))
             else:
-                rec[STATUS] = OK
-            rec[T1] = _mono()
+                s.done.append((rid, _mono(), OK, None))
         else:
-            rec[DEVICE] = "cpu" if tensor is not None else None
             try:
                 fut = work.get_future()
             except RuntimeError:  # a backend without futures: poll instead
-                rec[WORK] = work
-                s = _state.session
-                if s is not None:
-                    s.pending_poll.append(rec)
-                s.wake()
+                s.pending_poll.append((rid, work, False))
             else:
-                fut.add_done_callback(functools.partial(_complete, rec))
+                fut.add_done_callback(functools.partial(_complete, s, rid))
     except Exception as exc:  # our bookkeeping only; the work itself is the user's
-        warn_once("capture:complete", "could not follow completion of %s: %r", rec[OP], exc)
-    return work
+        warn_once("capture:complete", "could not follow completion of an operation: %r", exc)
+
+
+def _unparsed(method: str, exc: BaseException) -> None:
+    """Arguments we could not size: run the call unrecorded rather than risk the user's call."""
+    warn_once(f"parse:{method}", "could not record a %s call (%r); such calls run unrecorded", method, exc)
+
+
+def _one(t):
+    """(first tensor, total elements) of a tensor or a list of tensors; the common case is one tensor."""
+    if type(t) is list and len(t) == 1:
+        x = t[0]
+        if isinstance(x, _Tensor):
+            return x, x.numel()
+    return _first_tensor(t), _numel(t)
+
+
+def _two(args, kwargs, first: str, second: str):
+    if len(args) >= 2:
+        return args[0], args[1]
+    return (args[0] if args else kwargs[first]), kwargs[second]
+
+
+def _opts(args, index: int, kwargs):
+    return args[index] if len(args) > index else kwargs.get("opts")
+
+
+def _root(opts) -> int:
+    if isinstance(opts, int):
+        return opts
+    return getattr(opts, "rootRank", 0) if opts is not None else 0
 
 
 class RecordingProcessGroup(_PG):
@@ -307,366 +390,242 @@ class RecordingProcessGroup(_PG):
         return store if store is not None else _PG.get_group_store(self)
 
     # -- collectives -------------------------------------------------------------------------------
-    def allreduce(self, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).allreduce(*args, **kwargs)
-        t = args[0] if args else kwargs.get("tensors", kwargs.get("tensor"))
-        opts = args[1] if len(args) > 1 else kwargs.get("opts")
-        n = _numel(t)
-        t = _first_tensor(t)
-        rec = _begin(self, "all_reduce", n, n, t, None, None, opts)
-        try:
-            work = _twin(self).allreduce(*args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    # Each method: pass straight through when not recording; else size the operation and record it.
+    # Tensor arguments come as a list of one tensor from every torch caller, hence the fast path.
 
-    def allreduce_coalesced(self, tensors, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).allreduce_coalesced(tensors, *args, **kwargs)
-        n = _numel(tensors)
-        t = _first_tensor(tensors)
-        rec = _begin(self, "all_reduce_coalesced", n, n, t, None, None, args[0] if args else kwargs.get("opts"))
-        try:
-            work = _twin(self).allreduce_coalesced(tensors, *args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    def allreduce(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                if len(args) == 2 and type(args[0]) is list and len(args[0]) == 1:  # how torch calls it
+                    x = args[0][0]
+                    n = x.numel()
+                    opts = args[1]
+                else:
+                    x, n = _one(args[0] if args else kwargs.get("tensors", kwargs.get("tensor")))
+                    opts = _opts(args, 1, kwargs)
+            except Exception as exc:
+                _unparsed("allreduce", exc)
+            else:
+                return _record(self, _PG.allreduce, "all_reduce", args, kwargs, n, n, x, None, None, opts)
+        return _twin(self).allreduce(*args, **kwargs)
+
+    def allreduce_coalesced(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                t = args[0] if args else kwargs["tensors"]
+                n = _numel(t)
+                sized = (n, n, _first_tensor(t), None, None, _opts(args, 1, kwargs))
+            except Exception as exc:
+                _unparsed("allreduce_coalesced", exc)
+            else:
+                return _record(self, _PG.allreduce_coalesced, "all_reduce_coalesced", args, kwargs, *sized)
+        return _twin(self).allreduce_coalesced(*args, **kwargs)
 
     def broadcast(self, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).broadcast(*args, **kwargs)
-        t = args[0] if args else kwargs.get("tensors", kwargs.get("tensor"))
-        opts = args[1] if len(args) > 1 else kwargs.get("opts")
-        root = (
-            getattr(opts, "rootRank", 0)
-            if opts is not None and not isinstance(opts, int)
-            else (opts if isinstance(opts, int) else 0)
-        )
-        n = _numel(t)
-        t = _first_tensor(t)
-        rec = _begin(self, "broadcast", n, n, t, None, root, opts if not isinstance(opts, int) else None)
-        try:
-            work = _twin(self).broadcast(*args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+        if _state.session is not None:
+            try:
+                t = args[0] if args else kwargs.get("tensors", kwargs.get("tensor"))
+                x, n = _one(t)
+                opts = _opts(args, 1, kwargs)
+                sized = (n, n, x, None, _root(opts), None if isinstance(opts, int) else opts)
+            except Exception as exc:
+                _unparsed("broadcast", exc)
+            else:
+                return _record(self, _PG.broadcast, "broadcast", args, kwargs, *sized)
+        return _twin(self).broadcast(*args, **kwargs)
 
     def reduce(self, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).reduce(*args, **kwargs)
-        t = args[0] if args else kwargs.get("tensors", kwargs.get("tensor"))
-        opts = args[1] if len(args) > 1 else kwargs.get("opts")
-        root = (
-            getattr(opts, "rootRank", 0)
-            if opts is not None and not isinstance(opts, int)
-            else (opts if isinstance(opts, int) else 0)
-        )
-        n = _numel(t)
-        t = _first_tensor(t)
-        rec = _begin(self, "reduce", n, n, t, None, root, opts if not isinstance(opts, int) else None)
-        try:
-            work = _twin(self).reduce(*args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+        if _state.session is not None:
+            try:
+                t = args[0] if args else kwargs.get("tensors", kwargs.get("tensor"))
+                x, n = _one(t)
+                opts = _opts(args, 1, kwargs)
+                sized = (n, n, x, None, _root(opts), None if isinstance(opts, int) else opts)
+            except Exception as exc:
+                _unparsed("reduce", exc)
+            else:
+                return _record(self, _PG.reduce, "reduce", args, kwargs, *sized)
+        return _twin(self).reduce(*args, **kwargs)
 
-    def allgather(self, output_lists, input_tensors, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).allgather(output_lists, input_tensors, *args, **kwargs)
-        t = _first_tensor(input_tensors)
-        rec = _begin(
-            self,
-            "all_gather",
-            _numel(input_tensors),
-            _numel(output_lists),
-            t,
-            None,
-            None,
-            args[0] if args else kwargs.get("opts"),
-        )
-        try:
-            work = _twin(self).allgather(output_lists, input_tensors, *args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    def allgather(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                outputs, inputs = _two(args, kwargs, "output_tensors", "input_tensors")
+                x, n = _one(inputs)
+                sized = (n, _numel(outputs), x, None, None, _opts(args, 2, kwargs))
+            except Exception as exc:
+                _unparsed("allgather", exc)
+            else:
+                return _record(self, _PG.allgather, "all_gather", args, kwargs, *sized)
+        return _twin(self).allgather(*args, **kwargs)
 
-    def all_gather_single(self, output, input, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).all_gather_single(output, input, *args, **kwargs)
-        t = input
-        rec = _begin(
-            self,
-            "all_gather_into_tensor",
-            input.numel(),
-            output.numel(),
-            t,
-            None,
-            None,
-            args[0] if args else kwargs.get("opts"),
-        )
-        try:
-            work = _twin(self).all_gather_single(output, input, *args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    def all_gather_single(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                output, input = _two(args, kwargs, "output", "input")
+                sized = (input.numel(), output.numel(), input, None, None, _opts(args, 2, kwargs))
+            except Exception as exc:
+                _unparsed("all_gather_single", exc)
+            else:
+                return _record(self, _PG.all_gather_single, "all_gather_into_tensor", args, kwargs, *sized)
+        return _twin(self).all_gather_single(*args, **kwargs)
 
-    def allgather_coalesced(self, output_lists, input_tensors, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).allgather_coalesced(output_lists, input_tensors, *args, **kwargs)
-        t = _first_tensor(input_tensors)
-        rec = _begin(
-            self,
-            "all_gather_coalesced",
-            _numel(input_tensors),
-            _numel(output_lists),
-            t,
-            None,
-            None,
-            args[0] if args else kwargs.get("opts"),
-        )
-        try:
-            work = _twin(self).allgather_coalesced(output_lists, input_tensors, *args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    def allgather_coalesced(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                outputs, inputs = _two(args, kwargs, "output_lists", "input_list")
+                sized = (_numel(inputs), _numel(outputs), _first_tensor(inputs), None, None, _opts(args, 2, kwargs))
+            except Exception as exc:
+                _unparsed("allgather_coalesced", exc)
+            else:
+                return _record(self, _PG.allgather_coalesced, "all_gather_coalesced", args, kwargs, *sized)
+        return _twin(self).allgather_coalesced(*args, **kwargs)
 
-    def all_gather_single_coalesced(self, outputs, inputs, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).all_gather_single_coalesced(outputs, inputs, *args, **kwargs)
-        t = _first_tensor(inputs)
-        rec = _begin(
-            self,
-            "all_gather_into_tensor_coalesced",
-            _numel(inputs),
-            _numel(outputs),
-            t,
-            None,
-            None,
-            args[0] if args else kwargs.get("opts"),
-        )
-        try:
-            work = _twin(self).all_gather_single_coalesced(outputs, inputs, *args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    def all_gather_single_coalesced(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                outputs, inputs = _two(args, kwargs, "outputs", "inputs")
+                sized = (_numel(inputs), _numel(outputs), _first_tensor(inputs), None, None, _opts(args, 2, kwargs))
+            except Exception as exc:
+                _unparsed("all_gather_single_coalesced", exc)
+            else:
+                return _record(
+                    self, _PG.all_gather_single_coalesced, "all_gather_into_tensor_coalesced", args, kwargs, *sized
+                )
+        return _twin(self).all_gather_single_coalesced(*args, **kwargs)
 
-    def reduce_scatter(self, outputs, input_lists, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).reduce_scatter(outputs, input_lists, *args, **kwargs)
-        t = _first_tensor(outputs)
-        rec = _begin(
-            self,
-            "reduce_scatter",
-            _numel(input_lists),
-            _numel(outputs),
-            t,
-            None,
-            None,
-            args[0] if args else kwargs.get("opts"),
-        )
-        try:
-            work = _twin(self).reduce_scatter(outputs, input_lists, *args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    def reduce_scatter(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                outputs, inputs = _two(args, kwargs, "output_tensors", "input_tensors")
+                x, n = _one(outputs)
+                sized = (_numel(inputs), n, x, None, None, _opts(args, 2, kwargs))
+            except Exception as exc:
+                _unparsed("reduce_scatter", exc)
+            else:
+                return _record(self, _PG.reduce_scatter, "reduce_scatter", args, kwargs, *sized)
+        return _twin(self).reduce_scatter(*args, **kwargs)
 
-    def reduce_scatter_single(self, output, input, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).reduce_scatter_single(output, input, *args, **kwargs)
-        t = input
-        rec = _begin(
-            self,
-            "reduce_scatter_tensor",
-            input.numel(),
-            output.numel(),
-            t,
-            None,
-            None,
-            args[0] if args else kwargs.get("opts"),
-        )
-        try:
-            work = _twin(self).reduce_scatter_single(output, input, *args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    def reduce_scatter_single(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                output, input = _two(args, kwargs, "output", "input")
+                sized = (input.numel(), output.numel(), input, None, None, _opts(args, 2, kwargs))
+            except Exception as exc:
+                _unparsed("reduce_scatter_single", exc)
+            else:
+                return _record(self, _PG.reduce_scatter_single, "reduce_scatter_tensor", args, kwargs, *sized)
+        return _twin(self).reduce_scatter_single(*args, **kwargs)
 
-    def reduce_scatter_single_coalesced(self, outputs, inputs, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).reduce_scatter_single_coalesced(outputs, inputs, *args, **kwargs)
-        t = _first_tensor(inputs)
-        rec = _begin(
-            self,
-            "reduce_scatter_tensor_coalesced",
-            _numel(inputs),
-            _numel(outputs),
-            t,
-            None,
-            None,
-            args[0] if args else kwargs.get("opts"),
-        )
-        try:
-            work = _twin(self).reduce_scatter_single_coalesced(outputs, inputs, *args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    def reduce_scatter_single_coalesced(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                outputs, inputs = _two(args, kwargs, "outputs", "inputs")
+                sized = (_numel(inputs), _numel(outputs), _first_tensor(inputs), None, None, _opts(args, 2, kwargs))
+            except Exception as exc:
+                _unparsed("reduce_scatter_single_coalesced", exc)
+            else:
+                return _record(
+                    self, _PG.reduce_scatter_single_coalesced, "reduce_scatter_tensor_coalesced", args, kwargs, *sized
+                )
+        return _twin(self).reduce_scatter_single_coalesced(*args, **kwargs)
 
-    def alltoall(self, outputs, inputs, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).alltoall(outputs, inputs, *args, **kwargs)
-        t = _first_tensor(inputs)
-        rec = _begin(
-            self, "all_to_all", _numel(inputs), _numel(outputs), t, None, None, args[0] if args else kwargs.get("opts")
-        )
-        try:
-            work = _twin(self).alltoall(outputs, inputs, *args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    def alltoall(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                outputs, inputs = _two(args, kwargs, "output_tensors", "input_tensors")
+                sized = (_numel(inputs), _numel(outputs), _first_tensor(inputs), None, None, _opts(args, 2, kwargs))
+            except Exception as exc:
+                _unparsed("alltoall", exc)
+            else:
+                return _record(self, _PG.alltoall, "all_to_all", args, kwargs, *sized)
+        return _twin(self).alltoall(*args, **kwargs)
 
-    def all_to_all_single(self, output, input, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).all_to_all_single(output, input, *args, **kwargs)
-        opts = args[2] if len(args) > 2 else kwargs.get("opts")
-        t = input
-        rec = _begin(self, "all_to_all_single", input.numel(), output.numel(), t, None, None, opts)
-        try:
-            work = _twin(self).all_to_all_single(output, input, *args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    def all_to_all_single(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                output, input = _two(args, kwargs, "output", "input")
+                sized = (input.numel(), output.numel(), input, None, None, _opts(args, 4, kwargs))
+            except Exception as exc:
+                _unparsed("all_to_all_single", exc)
+            else:
+                return _record(self, _PG.all_to_all_single, "all_to_all_single", args, kwargs, *sized)
+        return _twin(self).all_to_all_single(*args, **kwargs)
 
-    def gather(self, output_lists, input_tensors, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).gather(output_lists, input_tensors, *args, **kwargs)
-        opts = args[0] if args else kwargs.get("opts")
-        root = (
-            getattr(opts, "rootRank", 0)
-            if opts is not None and not isinstance(opts, int)
-            else (opts if isinstance(opts, int) else 0)
-        )
-        t = _first_tensor(input_tensors)
-        rec = _begin(
-            self,
-            "gather",
-            _numel(input_tensors),
-            _numel(output_lists),
-            t,
-            None,
-            root,
-            opts if not isinstance(opts, int) else None,
-        )
-        try:
-            work = _twin(self).gather(output_lists, input_tensors, *args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    def gather(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                outputs, inputs = _two(args, kwargs, "output_tensors", "input_tensors")
+                x, n = _one(inputs)
+                opts = _opts(args, 2, kwargs)
+                sized = (n, _numel(outputs), x, None, _root(opts), None if isinstance(opts, int) else opts)
+            except Exception as exc:
+                _unparsed("gather", exc)
+            else:
+                return _record(self, _PG.gather, "gather", args, kwargs, *sized)
+        return _twin(self).gather(*args, **kwargs)
 
-    def scatter(self, outputs, input_lists, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).scatter(outputs, input_lists, *args, **kwargs)
-        opts = args[0] if args else kwargs.get("opts")
-        root = (
-            getattr(opts, "rootRank", 0)
-            if opts is not None and not isinstance(opts, int)
-            else (opts if isinstance(opts, int) else 0)
-        )
-        t = _first_tensor(outputs)
-        rec = _begin(
-            self,
-            "scatter",
-            _numel(input_lists),
-            _numel(outputs),
-            t,
-            None,
-            root,
-            opts if not isinstance(opts, int) else None,
-        )
-        try:
-            work = _twin(self).scatter(outputs, input_lists, *args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    def scatter(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                outputs, inputs = _two(args, kwargs, "output_tensors", "input_tensors")
+                x, n = _one(outputs)
+                opts = _opts(args, 2, kwargs)
+                sized = (_numel(inputs), n, x, None, _root(opts), None if isinstance(opts, int) else opts)
+            except Exception as exc:
+                _unparsed("scatter", exc)
+            else:
+                return _record(self, _PG.scatter, "scatter", args, kwargs, *sized)
+        return _twin(self).scatter(*args, **kwargs)
 
     def barrier(self, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).barrier(*args, **kwargs)
-        opts = args[0] if args else kwargs.get("opts")
-        t = None
-        rec = _begin(self, "barrier", 0, 0, t, None, None, opts if isinstance(opts, dist.BarrierOptions) else None)
-        try:
-            work = _twin(self).barrier(*args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+        if _state.session is not None:
+            try:
+                opts = _opts(args, 0, kwargs)
+                sized = (0, 0, None, None, None, opts if isinstance(opts, dist.BarrierOptions) else None)
+            except Exception as exc:
+                _unparsed("barrier", exc)
+            else:
+                return _record(self, _PG.barrier, "barrier", args, kwargs, *sized)
+        return _twin(self).barrier(*args, **kwargs)
 
     def monitored_barrier(self, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).monitored_barrier(*args, **kwargs)
-        t = None
-        rec = _begin(self, "monitored_barrier", 0, 0, t, None, None, _SYNC)
-        try:
-            work = _twin(self).monitored_barrier(*args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+        if _state.session is not None:
+            return _record(
+                self, _PG.monitored_barrier, "monitored_barrier", args, kwargs, 0, 0, None, None, None, _SYNC
+            )
+        return _twin(self).monitored_barrier(*args, **kwargs)
 
     # -- point to point ----------------------------------------------------------------------------
-    def send(self, tensors, dst, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).send(tensors, dst, *args, **kwargs)
-        n = _numel(tensors)
-        t = _first_tensor(tensors)
-        rec = _begin(self, "send", n, n, t, dst, None, None, dst)
-        try:
-            work = _twin(self).send(tensors, dst, *args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    def send(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                tensors, dst = _two(args, kwargs, "tensors", "dstRank")
+            except Exception as exc:
+                _unparsed("send", exc)
+            else:
+                return _record_p2p(self, _PG.send, "send", args, kwargs, tensors, dst)
+        return _twin(self).send(*args, **kwargs)
 
-    def recv(self, tensors, src, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).recv(tensors, src, *args, **kwargs)
-        n = _numel(tensors)
-        t = _first_tensor(tensors)
-        rec = _begin(self, "recv", n, n, t, src, None, None, src)
-        try:
-            work = _twin(self).recv(tensors, src, *args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    def recv(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                tensors, src = _two(args, kwargs, "tensors", "srcRank")
+            except Exception as exc:
+                _unparsed("recv", exc)
+            else:
+                return _record_p2p(self, _PG.recv, "recv", args, kwargs, tensors, src)
+        return _twin(self).recv(*args, **kwargs)
 
-    def recv_anysource(self, tensors, *args, **kwargs):
-        if _state.session is None:
-            return _twin(self).recv_anysource(tensors, *args, **kwargs)
-        n = _numel(tensors)
-        t = _first_tensor(tensors)
-        rec = _begin(self, "recv_anysource", n, n, t, None, None, None, None)
-        try:
-            work = _twin(self).recv_anysource(tensors, *args, **kwargs)
-        except BaseException:
-            _raised(rec)
-            raise
-        return _end(rec, work, t)
+    def recv_anysource(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                tensors = args[0] if args else kwargs["tensors"]
+            except Exception as exc:
+                _unparsed("recv_anysource", exc)
+            else:
+                return _record_p2p(self, _PG.recv_anysource, "recv_anysource", args, kwargs, tensors, None)
+        return _twin(self).recv_anysource(*args, **kwargs)
 
     # -- coalescing (NCCL groups, batch_isend_irecv) -------------------------------------------------
     def _start_coalescing(self, *args, **kwargs):
@@ -688,6 +647,8 @@ class RecordingProcessGroup(_PG):
 
 
 class _SyncOpts:
+    """Options stand-in for calls that always block (monitored_barrier)."""
+
     asyncOp = False
 
 

@@ -49,12 +49,12 @@ def _dictionary(values: list, indices: pa.Array, type_: pa.DataType) -> pa.Dicti
     return pc.take(pa.array(values, type=type_.value_type), indices).dictionary_encode()
 
 
-def _codes(objects: tuple) -> tuple[pa.Array, list]:
+def _codes(objects: list) -> tuple[pa.Array, list]:
     """Small-integer codes for a column of (few distinct) Python objects, and the distinct objects."""
     ids = pa.array(list(map(id, objects)), type=pa.int64())
     unique = pc.unique(ids)
     codes = pc.index_in(ids, value_set=unique).cast(pa.int32())
-    first = {}
+    first: dict[int, object] = {}
     for obj in objects:
         first.setdefault(id(obj), obj)
         if len(first) == len(unique):
@@ -62,58 +62,98 @@ def _codes(objects: tuple) -> tuple[pa.Array, list]:
     return codes, [first[i] for i in unique.to_pylist()]
 
 
-def records_to_table(records: list, rank: int, wall_minus_mono: int, dtype_cache: dict) -> pa.Table:
-    """Convert finished or in-flight records to an Arrow table in COLLECTIVE_SCHEMA.
+def _column(events: list, index: int) -> list:
+    # One C-level pass per column (zip(*events) is several times slower on long lists).
+    return list(map(itemgetter(index), events))
 
-    Column-wise and mostly in Arrow's C code: the writer shares the GIL with training, so it must
-    spend as little Python time per record as it can (about 0.2 us here).
+
+def build_segment(
+    issues: list,
+    dones: list,
+    groups: list,
+    rank: int,
+    wall_minus_mono: int,
+    dtype_cache: dict,
+    write_before_mono: int | None,
+) -> tuple[pa.Table | None, list]:
+    """Join issue and completion events into rows of COLLECTIVE_SCHEMA.
+
+    Returns the table of rows to write (finished operations, and unfinished ones issued before
+    ``write_before_mono``, written as in flight; None if there are none) and the issue events still
+    waiting for their completion. Column-wise and mostly in Arrow's C code: the writer shares the GIL
+    with training, so it spends as little Python time per event as it can.
     """
-    n = len(records)
-    # One C-level pass per column (zip(*records) is several times slower on long lists).
-    cols = [list(map(itemgetter(i), records)) for i in range(C.NFIELDS)]
-    info_codes, infos = _codes(cols[C.PG])
-    dtype_codes, dtypes = _codes(cols[C.DTYPE])
+    if not issues:
+        return None, []
+    ids = pa.array(_column(issues, C.ID), type=pa.int64())
+    t0 = pa.array(_column(issues, C.T0), type=pa.int64())
+    if dones:
+        where = pc.index_in(ids, value_set=pa.array(_column(dones, 0), type=pa.int64()))
+        t1 = pc.take(pa.array(_column(dones, 1), type=pa.int64()), where)
+        status = pc.take(pa.array(_column(dones, 2), type=pa.string()), where)
+        gpu_ns = pc.take(pa.array(_column(dones, 3), type=pa.int64()), where)
+    else:
+        t1 = pa.nulls(len(issues), pa.int64())
+        status = pa.nulls(len(issues), pa.string())
+        gpu_ns = pa.nulls(len(issues), pa.int64())
+    finished = pc.is_valid(t1)
+    if write_before_mono is None:
+        write = pa.array(np.ones(len(issues), dtype=bool))
+    else:
+        write = pc.or_(finished, pc.less(t0, write_before_mono))
+    keep = np.asarray(write.to_numpy(zero_copy_only=False), dtype=bool)
+    carry = [issues[i] for i in np.flatnonzero(~keep)]
+    if not keep.any():
+        return None, carry
+    if not keep.all():
+        issues = [issues[i] for i in np.flatnonzero(keep)]
+        mask = pa.array(keep)
+        t0, t1, status, gpu_ns = (pc.filter(a, mask) for a in (t0, t1, status, gpu_ns))
+    n = len(issues)
+    group_codes = pa.array(_column(issues, C.GROUP), type=pa.int32())
+    infos = list(groups)
+    dtype_codes, dtypes = _codes(_column(issues, C.DTYPE))
     dtype_names, itemsizes = zip(*(_dtype_info(d, dtype_cache) for d in dtypes), strict=True)
-    n_in = pa.array(cols[C.N_IN], type=pa.int64())
-    n_out = pa.array(cols[C.N_OUT], type=pa.int64())
+    n_in = pa.array(_column(issues, C.N_IN), type=pa.int64())
+    n_out = pa.array(_column(issues, C.N_OUT), type=pa.int64())
     itemsize = pc.take(pa.array(itemsizes, type=pa.int64()), dtype_codes)
-    t0 = pa.array(cols[C.T0], type=pa.int64())
-    t1 = pa.array(cols[C.T1], type=pa.int64())
     string = pa.dictionary(pa.int32(), pa.string())
 
-    def to_global(column: tuple) -> pa.Array:
-        if all(info.ranks == list(range(info.size)) for info in infos) or not any(x is not None for x in column):
+    def to_global(column: list) -> pa.Array:
+        if not any(x is not None for x in column):
             return pa.array(column, type=pa.int32())
+        codes = _column(issues, C.GROUP)
         return pa.array(
-            [None if r is None else rec[C.PG].global_rank(r) for rec, r in zip(records, column, strict=True)],
+            [None if r is None else infos[g].global_rank(r) for g, r in zip(codes, column, strict=True)],
             type=pa.int32(),
         )
 
     arrays = {
         "rank": pa.array(np.full(n, rank, dtype=np.int32)),
-        "pg": _dictionary([i.name for i in infos], info_codes, string),
-        "pg_desc": _dictionary([i.desc for i in infos], info_codes, string),
-        "pg_size": pc.take(pa.array([i.size for i in infos], type=pa.int32()), info_codes),
-        "seq": pa.array(cols[C.SEQ], type=pa.int64()),
-        "op": pa.array(cols[C.OP], type=pa.string()).dictionary_encode(),
+        "pg": _dictionary([i.name for i in infos], group_codes, string),
+        "pg_desc": _dictionary([i.desc for i in infos], group_codes, string),
+        "pg_size": pc.take(pa.array([i.size for i in infos], type=pa.int32()), group_codes),
+        "seq": pa.array(_column(issues, C.SEQ), type=pa.int64()),
+        "op": pa.array(_column(issues, C.OP), type=pa.string()).dictionary_encode(),
         "count": n_in,
         "bytes_in": pc.multiply(n_in, itemsize),
         "bytes_out": pc.multiply(n_out, itemsize),
         "dtype": _dictionary(list(dtype_names), dtype_codes, string),
-        "peer": to_global(cols[C.PEER]),
-        "root": to_global(cols[C.ROOT]),
+        "peer": to_global(_column(issues, C.PEER)),
+        "root": to_global(_column(issues, C.ROOT)),
         "t_start_ns": pc.add(t0, wall_minus_mono),
         "t_end_ns": pc.add(t1, wall_minus_mono),
-        "gpu_duration_ns": pa.array(cols[C.GPU_NS], type=pa.int64()),
-        "status": pa.array(cols[C.STATUS], type=pa.string()).dictionary_encode(),
-        "async_op": pa.array(cols[C.ASYNC], type=pa.bool_()),
-        "coalesced": pa.array(cols[C.COAL], type=pa.bool_()),
-        "api": pa.array(cols[C.API], type=pa.string()).dictionary_encode(),
-        "backend": _dictionary([i.backend for i in infos], info_codes, string),
-        "device": pa.array(cols[C.DEVICE], type=pa.string()).dictionary_encode(),
-        "step": pa.array(cols[C.STEP], type=pa.int64()),
+        "gpu_duration_ns": gpu_ns,
+        "status": pc.fill_null(status, "in_flight").dictionary_encode(),
+        "async_op": pa.array(_column(issues, C.ASYNC), type=pa.bool_()),
+        "coalesced": pa.array(_column(issues, C.COAL), type=pa.bool_()),
+        "api": pa.array(_column(issues, C.API), type=pa.string()).dictionary_encode(),
+        "backend": _dictionary([i.backend for i in infos], group_codes, string),
+        "device": pa.array(_column(issues, C.DEVICE), type=pa.string()).dictionary_encode(),
+        "step": pa.array(_column(issues, C.STEP), type=pa.int64()),
     }
-    return pa.Table.from_arrays([arrays[f.name].cast(f.type) for f in COLLECTIVE_SCHEMA], schema=COLLECTIVE_SCHEMA)
+    table = pa.Table.from_arrays([arrays[f.name].cast(f.type) for f in COLLECTIVE_SCHEMA], schema=COLLECTIVE_SCHEMA)
+    return table, carry
 
 
 class SegmentWriter:

@@ -94,8 +94,8 @@ def test_our_failures_never_reach_training(tmp_path, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("injected writer failure")
 
-    monkeypatch.setattr(writer, "records_to_table", broken)
-    monkeypatch.setattr("recorder._session.records_to_table", broken)
+    monkeypatch.setattr(writer, "build_segment", broken)
+    monkeypatch.setattr("recorder._session.build_segment", broken)
     with recorder.recording(tmp_path, clock_sync=False, flush_s=0.05):
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
         t = torch.arange(4.0)
