@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.distributed.distributed_c10d as c10d
 
 import recorder
-from conftest import clean_env, load_events
+from conftest import clean_env, load_events, rank_meta
 from recorder import _state, install
 
 PATCHED = ["_new_process_group_helper", "batch_isend_irecv", "destroy_process_group", *install.LABELLED_APIS]
@@ -153,3 +153,17 @@ def test_forked_child_never_writes(tmp_path):
         dist.destroy_process_group()
     files = list(tmp_path.rglob("*.parquet"))
     assert files and all(str(os.getpid()) in f.name for f in files)
+
+
+def test_full_buffer_drops_and_counts(tmp_path):
+    with recorder.recording(tmp_path, clock_sync=False, flush_s=3600, max_buffered=16):
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        t = torch.ones(4)
+        for _ in range(100):
+            dist.all_reduce(t)
+        dist.destroy_process_group()
+    assert t.tolist() == [1.0] * 4
+    rows = load_events(tmp_path).to_pylist()
+    assert [r["seq"] for r in rows] == list(range(16))
+    meta = next(iter(rank_meta(tmp_path).values()))
+    assert meta["dropped_events"] == 84 and meta["rows_written"] == 16 and meta["closed"] is True

@@ -1,0 +1,51 @@
+"""kill -9 of one rank: its log is readable up to one flush interval before the kill; the others' are whole."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+
+from conftest import JOBS, clean_env, free_port
+
+FLUSH_S = 0.5
+
+
+def _segments(trace_dir, rank):
+    return sorted(trace_dir.glob(f"*/rank={rank:05d}/collectives-*.parquet"))
+
+
+def test_kill_9_loses_at_most_one_flush_interval(tmp_path):
+    traces, out = tmp_path / "traces", tmp_path / "out"
+    out.mkdir()
+    env = clean_env(COMMTRACE_DIR=str(traces), COMMTRACE_FLUSH_S=str(FLUSH_S), JOB_OUT=str(out))
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                            "--master-port", free_port(), str(JOBS / "loop.py"), "120"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while len(_segments(traces, 1)) < 3 or not (out / "pid1").exists():
+            assert time.monotonic() < deadline and job.poll() is None, "the job did not start recording"
+            time.sleep(0.1)
+        time.sleep(0.8)  # somewhere inside a flush interval
+        killed_at_ns = time.time_ns()
+        os.kill(int((out / "pid1").read_text()), signal.SIGKILL)
+        job.wait(timeout=90)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    killed = [pq.read_table(p) for p in _segments(traces, 1)]  # every segment readable: no half file
+    last_end = max(max(t.column("t_end_ns").drop_null().to_pylist()) for t in killed)
+    lost_s = (killed_at_ns - last_end) / 1e9
+    assert 0 <= lost_s <= FLUSH_S + 0.25, f"lost {lost_s:.3f} s of rank 1's operations"
+    assert not list(traces.glob("*/rank=00001/.*.tmp"))
+    # The surviving rank wrote everything up to its end, including the operation the kill broke.
+    survivor = [pq.read_table(p).to_pylist() for p in _segments(traces, 0)]
+    rows = [r for t in survivor for r in t]
+    assert max(r["t_start_ns"] for r in rows) >= last_end
+    assert rows[-1]["status"] in ("error", "in_flight") or any(r["status"] != "ok" for r in rows)
