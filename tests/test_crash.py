@@ -49,3 +49,30 @@ def test_kill_9_loses_at_most_one_flush_interval(tmp_path):
     rows = [r for t in survivor for r in t]
     assert max(r["t_start_ns"] for r in rows) >= last_end
     assert rows[-1]["status"] in ("error", "in_flight") or any(r["status"] != "ok" for r in rows)
+
+
+SIGTERM_JOB = """
+import sys, time, torch, torch.distributed as dist
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+t = torch.ones(8)
+for i in range(1_000_000):
+    dist.all_reduce(t)
+    if i == 100:
+        print("ready", flush=True)
+    time.sleep(0.001)
+"""
+
+
+def test_sigterm_flushes_everything_and_dies_the_same_way(tmp_path):
+    traces = tmp_path / "traces"
+    env = clean_env(COMMTRACE_DIR=str(traces), COMMTRACE_FLUSH_S="3600")  # only the signal can flush
+    job = subprocess.Popen([sys.executable, "-c", SIGTERM_JOB], env=env, stdout=subprocess.PIPE, text=True)
+    assert job.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    signalled_at_ns = time.time_ns()
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=60) == -signal.SIGTERM  # exactly as without the recorder
+    rows = [r for p in _segments(traces, 0) for r in pq.read_table(p).to_pylist()]
+    assert len(rows) > 100
+    assert [r["seq"] for r in sorted(rows, key=lambda r: r["seq"])] == list(range(len(rows)))
+    assert (signalled_at_ns - max(r["t_start_ns"] for r in rows)) / 1e9 < 0.1
