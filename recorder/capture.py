@@ -360,6 +360,82 @@ def _root(opts) -> int:
     return getattr(opts, "rootRank", 0) if opts is not None else 0
 
 
+def _sizer(kind: str, first: str, second: str | None, opts_at: int):
+    """Build the function that sizes one kind of call: ``(args, kwargs) -> _record's sizing arguments``.
+
+    kind: "inplace" (one tensor list, in = out), "rooted" (the same, with a root), "pair" (one output
+    and one input tensor: the hot path of FSDP and tensor parallelism), "in" / "out" (lists: outputs
+    first, inputs second; the dtype is read from the inputs / outputs), "rooted_in" / "rooted_out"
+    (gather / scatter: the same, with a root).
+    """
+    if kind == "pair":
+
+        def size_pair(args, kwargs):
+            if len(args) > opts_at:
+                output, input, opts = args[0], args[1], args[opts_at]
+            else:
+                output, input = _two(args, kwargs, first, second)
+                opts = args[opts_at] if len(args) > opts_at else kwargs.get("opts")
+            return input.numel(), output.numel(), input, None, None, opts
+
+        return size_pair
+
+    def size(args, kwargs):
+        opts = args[opts_at] if len(args) > opts_at else kwargs.get("opts")
+        if kind in ("inplace", "rooted"):
+            x, n = _one(args[0] if args else kwargs.get(first, kwargs.get("tensor")))
+            n_in = n_out = n
+        else:
+            outputs, inputs = _two(args, kwargs, first, second)
+            n_in, n_out = _numel(inputs), _numel(outputs)
+            x = _first_tensor(outputs if kind.endswith("out") else inputs)
+        if kind.startswith("rooted"):
+            return n_in, n_out, x, None, _root(opts), None if isinstance(opts, int) else opts
+        return n_in, n_out, x, None, None, opts
+
+    return size
+
+
+def _collective(name: str, op: str, kind: str, first: str, second: str | None, opts_at: int):
+    """A recording override of ``ProcessGroup.<name>`` for one collective (see RecordingProcessGroup)."""
+    base = getattr(_PG, name)
+    size = _sizer(kind, first, second, opts_at)
+
+    def method(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                sized = size(args, kwargs)
+            except Exception as exc:
+                _unparsed(name, exc)
+            else:
+                return _record(self, base, op, args, kwargs, *sized)
+        return base(self._ct_shadow or _twin(self), *args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"Record ``{op}`` and run it on the group's twin."
+    return method
+
+
+def _point_to_point(name: str, op: str, peer_key: str | None):
+    """A recording override of ``ProcessGroup.<name>`` for send, recv or recv_anysource."""
+    base = getattr(_PG, name)
+
+    def method(self, *args, **kwargs):
+        if _state.session is not None:
+            try:
+                tensors = args[0] if args else kwargs["tensors"]
+                peer = None if peer_key is None else (args[1] if len(args) > 1 else kwargs[peer_key])
+            except Exception as exc:
+                _unparsed(name, exc)
+            else:
+                return _record_p2p(self, base, op, args, kwargs, tensors, peer)
+        return base(self._ct_shadow or _twin(self), *args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"Record ``{op}`` and run it on the group's twin."
+    return method
+
+
 class RecordingProcessGroup(_PG):
     """A ``ProcessGroup`` that records every operation issued to it, from Python or C++.
 
@@ -409,174 +485,27 @@ class RecordingProcessGroup(_PG):
                 return _record(self, _PG.allreduce, "all_reduce", args, kwargs, n, n, x, None, None, opts)
         return _twin(self).allreduce(*args, **kwargs)
 
-    def allreduce_coalesced(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                t = args[0] if args else kwargs["tensors"]
-                n = _numel(t)
-                sized = (n, n, _first_tensor(t), None, None, _opts(args, 1, kwargs))
-            except Exception as exc:
-                _unparsed("allreduce_coalesced", exc)
-            else:
-                return _record(self, _PG.allreduce_coalesced, "all_reduce_coalesced", args, kwargs, *sized)
-        return _twin(self).allreduce_coalesced(*args, **kwargs)
-
-    def broadcast(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                t = args[0] if args else kwargs.get("tensors", kwargs.get("tensor"))
-                x, n = _one(t)
-                opts = _opts(args, 1, kwargs)
-                sized = (n, n, x, None, _root(opts), None if isinstance(opts, int) else opts)
-            except Exception as exc:
-                _unparsed("broadcast", exc)
-            else:
-                return _record(self, _PG.broadcast, "broadcast", args, kwargs, *sized)
-        return _twin(self).broadcast(*args, **kwargs)
-
-    def reduce(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                t = args[0] if args else kwargs.get("tensors", kwargs.get("tensor"))
-                x, n = _one(t)
-                opts = _opts(args, 1, kwargs)
-                sized = (n, n, x, None, _root(opts), None if isinstance(opts, int) else opts)
-            except Exception as exc:
-                _unparsed("reduce", exc)
-            else:
-                return _record(self, _PG.reduce, "reduce", args, kwargs, *sized)
-        return _twin(self).reduce(*args, **kwargs)
-
-    def allgather(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                outputs, inputs = _two(args, kwargs, "output_tensors", "input_tensors")
-                x, n = _one(inputs)
-                sized = (n, _numel(outputs), x, None, None, _opts(args, 2, kwargs))
-            except Exception as exc:
-                _unparsed("allgather", exc)
-            else:
-                return _record(self, _PG.allgather, "all_gather", args, kwargs, *sized)
-        return _twin(self).allgather(*args, **kwargs)
-
-    def all_gather_single(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                output, input = _two(args, kwargs, "output", "input")
-                sized = (input.numel(), output.numel(), input, None, None, _opts(args, 2, kwargs))
-            except Exception as exc:
-                _unparsed("all_gather_single", exc)
-            else:
-                return _record(self, _PG.all_gather_single, "all_gather_into_tensor", args, kwargs, *sized)
-        return _twin(self).all_gather_single(*args, **kwargs)
-
-    def allgather_coalesced(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                outputs, inputs = _two(args, kwargs, "output_lists", "input_list")
-                sized = (_numel(inputs), _numel(outputs), _first_tensor(inputs), None, None, _opts(args, 2, kwargs))
-            except Exception as exc:
-                _unparsed("allgather_coalesced", exc)
-            else:
-                return _record(self, _PG.allgather_coalesced, "all_gather_coalesced", args, kwargs, *sized)
-        return _twin(self).allgather_coalesced(*args, **kwargs)
-
-    def all_gather_single_coalesced(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                outputs, inputs = _two(args, kwargs, "outputs", "inputs")
-                sized = (_numel(inputs), _numel(outputs), _first_tensor(inputs), None, None, _opts(args, 2, kwargs))
-            except Exception as exc:
-                _unparsed("all_gather_single_coalesced", exc)
-            else:
-                return _record(
-                    self, _PG.all_gather_single_coalesced, "all_gather_into_tensor_coalesced", args, kwargs, *sized
-                )
-        return _twin(self).all_gather_single_coalesced(*args, **kwargs)
-
-    def reduce_scatter(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                outputs, inputs = _two(args, kwargs, "output_tensors", "input_tensors")
-                x, n = _one(outputs)
-                sized = (_numel(inputs), n, x, None, None, _opts(args, 2, kwargs))
-            except Exception as exc:
-                _unparsed("reduce_scatter", exc)
-            else:
-                return _record(self, _PG.reduce_scatter, "reduce_scatter", args, kwargs, *sized)
-        return _twin(self).reduce_scatter(*args, **kwargs)
-
-    def reduce_scatter_single(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                output, input = _two(args, kwargs, "output", "input")
-                sized = (input.numel(), output.numel(), input, None, None, _opts(args, 2, kwargs))
-            except Exception as exc:
-                _unparsed("reduce_scatter_single", exc)
-            else:
-                return _record(self, _PG.reduce_scatter_single, "reduce_scatter_tensor", args, kwargs, *sized)
-        return _twin(self).reduce_scatter_single(*args, **kwargs)
-
-    def reduce_scatter_single_coalesced(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                outputs, inputs = _two(args, kwargs, "outputs", "inputs")
-                sized = (_numel(inputs), _numel(outputs), _first_tensor(inputs), None, None, _opts(args, 2, kwargs))
-            except Exception as exc:
-                _unparsed("reduce_scatter_single_coalesced", exc)
-            else:
-                return _record(
-                    self, _PG.reduce_scatter_single_coalesced, "reduce_scatter_tensor_coalesced", args, kwargs, *sized
-                )
-        return _twin(self).reduce_scatter_single_coalesced(*args, **kwargs)
-
-    def alltoall(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                outputs, inputs = _two(args, kwargs, "output_tensors", "input_tensors")
-                sized = (_numel(inputs), _numel(outputs), _first_tensor(inputs), None, None, _opts(args, 2, kwargs))
-            except Exception as exc:
-                _unparsed("alltoall", exc)
-            else:
-                return _record(self, _PG.alltoall, "all_to_all", args, kwargs, *sized)
-        return _twin(self).alltoall(*args, **kwargs)
-
-    def all_to_all_single(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                output, input = _two(args, kwargs, "output", "input")
-                sized = (input.numel(), output.numel(), input, None, None, _opts(args, 4, kwargs))
-            except Exception as exc:
-                _unparsed("all_to_all_single", exc)
-            else:
-                return _record(self, _PG.all_to_all_single, "all_to_all_single", args, kwargs, *sized)
-        return _twin(self).all_to_all_single(*args, **kwargs)
-
-    def gather(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                outputs, inputs = _two(args, kwargs, "output_tensors", "input_tensors")
-                x, n = _one(inputs)
-                opts = _opts(args, 2, kwargs)
-                sized = (n, _numel(outputs), x, None, _root(opts), None if isinstance(opts, int) else opts)
-            except Exception as exc:
-                _unparsed("gather", exc)
-            else:
-                return _record(self, _PG.gather, "gather", args, kwargs, *sized)
-        return _twin(self).gather(*args, **kwargs)
-
-    def scatter(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                outputs, inputs = _two(args, kwargs, "output_tensors", "input_tensors")
-                x, n = _one(outputs)
-                opts = _opts(args, 2, kwargs)
-                sized = (_numel(inputs), n, x, None, _root(opts), None if isinstance(opts, int) else opts)
-            except Exception as exc:
-                _unparsed("scatter", exc)
-            else:
-                return _record(self, _PG.scatter, "scatter", args, kwargs, *sized)
-        return _twin(self).scatter(*args, **kwargs)
+    # The other collectives, sized by _sizer (see the table there).
+    allreduce_coalesced = _collective("allreduce_coalesced", "all_reduce_coalesced", "inplace", "tensors", None, 1)
+    broadcast = _collective("broadcast", "broadcast", "rooted", "tensors", None, 1)
+    reduce = _collective("reduce", "reduce", "rooted", "tensors", None, 1)
+    allgather = _collective("allgather", "all_gather", "in", "output_tensors", "input_tensors", 2)
+    all_gather_single = _collective("all_gather_single", "all_gather_into_tensor", "pair", "output", "input", 2)
+    allgather_coalesced = _collective(
+        "allgather_coalesced", "all_gather_coalesced", "in", "output_lists", "input_list", 2
+    )
+    all_gather_single_coalesced = _collective(
+        "all_gather_single_coalesced", "all_gather_into_tensor_coalesced", "in", "outputs", "inputs", 2
+    )
+    reduce_scatter = _collective("reduce_scatter", "reduce_scatter", "out", "output_tensors", "input_tensors", 2)
+    reduce_scatter_single = _collective("reduce_scatter_single", "reduce_scatter_tensor", "pair", "output", "input", 2)
+    reduce_scatter_single_coalesced = _collective(
+        "reduce_scatter_single_coalesced", "reduce_scatter_tensor_coalesced", "in", "outputs", "inputs", 2
+    )
+    alltoall = _collective("alltoall", "all_to_all", "in", "output_tensors", "input_tensors", 2)
+    all_to_all_single = _collective("all_to_all_single", "all_to_all_single", "pair", "output", "input", 4)
+    gather = _collective("gather", "gather", "rooted_in", "output_tensors", "input_tensors", 2)
+    scatter = _collective("scatter", "scatter", "rooted_out", "output_tensors", "input_tensors", 2)
 
     def barrier(self, *args, **kwargs):
         if _state.session is not None:
@@ -597,35 +526,9 @@ class RecordingProcessGroup(_PG):
         return _twin(self).monitored_barrier(*args, **kwargs)
 
     # -- point to point ----------------------------------------------------------------------------
-    def send(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                tensors, dst = _two(args, kwargs, "tensors", "dstRank")
-            except Exception as exc:
-                _unparsed("send", exc)
-            else:
-                return _record_p2p(self, _PG.send, "send", args, kwargs, tensors, dst)
-        return _twin(self).send(*args, **kwargs)
-
-    def recv(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                tensors, src = _two(args, kwargs, "tensors", "srcRank")
-            except Exception as exc:
-                _unparsed("recv", exc)
-            else:
-                return _record_p2p(self, _PG.recv, "recv", args, kwargs, tensors, src)
-        return _twin(self).recv(*args, **kwargs)
-
-    def recv_anysource(self, *args, **kwargs):
-        if _state.session is not None:
-            try:
-                tensors = args[0] if args else kwargs["tensors"]
-            except Exception as exc:
-                _unparsed("recv_anysource", exc)
-            else:
-                return _record_p2p(self, _PG.recv_anysource, "recv_anysource", args, kwargs, tensors, None)
-        return _twin(self).recv_anysource(*args, **kwargs)
+    send = _point_to_point("send", "send", "dstRank")
+    recv = _point_to_point("recv", "recv", "srcRank")
+    recv_anysource = _point_to_point("recv_anysource", "recv_anysource", None)
 
     # -- coalescing (NCCL groups, batch_isend_irecv) -------------------------------------------------
     def _start_coalescing(self, *args, **kwargs):

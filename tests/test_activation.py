@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed.distributed_c10d as c10d
@@ -20,8 +19,9 @@ PATCHED = ["_new_process_group_helper", "batch_isend_irecv", "destroy_process_gr
 
 
 def _python(code: str, **env: str) -> str:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=clean_env(**env),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=clean_env(**env), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 
@@ -112,9 +112,11 @@ def test_our_failures_never_reach_training(tmp_path, monkeypatch, caplog):
 
 def _bad_calls() -> list[str]:
     errors = []
-    for call in (lambda: dist.broadcast(torch.ones(2), src=5),
-                 lambda: dist.all_to_all_single(torch.zeros(3), torch.ones(5)),
-                 lambda: dist.all_reduce(torch.ones(2), op="not an op")):
+    for call in (
+        lambda: dist.broadcast(torch.ones(2), src=5),
+        lambda: dist.all_to_all_single(torch.zeros(3), torch.ones(5)),
+        lambda: dist.all_reduce(torch.ones(2), op="not an op"),
+    ):
         try:
             call()
         except Exception as exc:

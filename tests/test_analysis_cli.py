@@ -12,8 +12,9 @@ NO_TORCH = "import sys; sys.modules['torch'] = None; from analysis.cli import ma
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", NO_TORCH, *args], env=clean_env(), capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *args], env=clean_env(), capture_output=True, text=True, timeout=120
+    )
 
 
 def test_summary_without_torch(spawned):
@@ -27,9 +28,11 @@ def test_summary_without_torch(spawned):
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, spawned):
-    for target, expected in ((tmp_path / "missing", "no such directory"),
-                             (tmp_path, "not a commtrace run directory"),
-                             (spawned["traces"], "it holds runs")):
+    for target, expected in (
+        (tmp_path / "missing", "no such directory"),
+        (tmp_path, "not a commtrace run directory"),
+        (spawned["traces"], "it holds runs"),
+    ):
         proc = _cli("summary", str(target))
         assert proc.returncode == 2
         assert proc.stdout == ""

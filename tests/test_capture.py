@@ -27,29 +27,31 @@ def test_one_run_directory_with_every_rank(spawned):
 def test_exact_counts_per_op_and_size_on_every_rank(spawned):
     for rank in range(WORLD):
         got = Counter((r["op"], r["count"]) for r in _default(spawned["rows"], rank))
-        assert got == Counter({
-            ("all_reduce", 1000): 2,                   # sync and async
-            ("all_gather", 10): 1,
-            ("all_gather_into_tensor", 10): 1,
-            ("broadcast", 1000): 1,
-            ("reduce", 1000): 1,
-            ("all_to_all_single", 4 * WORLD): 1,
-            ("all_to_all", 2 * WORLD): 1,
-            ("gather", 5): 1,
-            ("scatter", 6 * WORLD if rank == 0 else 0): 1,
-            ("reduce_scatter_tensor", 3 * WORLD): 1,
-            ("barrier", 0): 1,
-            ("monitored_barrier", 0): 1,
-            ("all_gather", 1): 2,                      # all_gather_object's size exchange, DDP's verification
-            ("all_gather", 24): 1,                     # all_gather_object's payload (pickled dict)
-            ("all_reduce_coalesced", 10): 1,
-            ("all_reduce", 8): 1,                      # functional collective
-            ("broadcast", 6): 1,                       # DDP: parameter shape verification
-            ("broadcast", PARAMS): 1,                  # DDP: module state sync at construction
-            ("all_reduce", PARAMS): DDP_STEPS,         # DDP reducer: one bucket per step, from C++
-            ("broadcast", 3): 1,                       # DDP: bucket rebuild after the first step
-            ("broadcast", 1): 1,
-        }), f"rank {rank}"
+        assert got == Counter(
+            {
+                ("all_reduce", 1000): 2,  # sync and async
+                ("all_gather", 10): 1,
+                ("all_gather_into_tensor", 10): 1,
+                ("broadcast", 1000): 1,
+                ("reduce", 1000): 1,
+                ("all_to_all_single", 4 * WORLD): 1,
+                ("all_to_all", 2 * WORLD): 1,
+                ("gather", 5): 1,
+                ("scatter", 6 * WORLD if rank == 0 else 0): 1,
+                ("reduce_scatter_tensor", 3 * WORLD): 1,
+                ("barrier", 0): 1,
+                ("monitored_barrier", 0): 1,
+                ("all_gather", 1): 2,  # all_gather_object's size exchange, DDP's verification
+                ("all_gather", 24): 1,  # all_gather_object's payload (pickled dict)
+                ("all_reduce_coalesced", 10): 1,
+                ("all_reduce", 8): 1,  # functional collective
+                ("broadcast", 6): 1,  # DDP: parameter shape verification
+                ("broadcast", PARAMS): 1,  # DDP: module state sync at construction
+                ("all_reduce", PARAMS): DDP_STEPS,  # DDP reducer: one bucket per step, from C++
+                ("broadcast", 3): 1,  # DDP: bucket rebuild after the first step
+                ("broadcast", 1): 1,
+            }
+        ), f"rank {rank}"
 
 
 def test_byte_sizes_follow_nccl_tests(spawned):
@@ -119,14 +121,21 @@ def test_ddp_reducer_is_seen_from_cpp(spawned):
 def test_matches_flight_recorder(spawned):
     """Every collective PyTorch's Flight Recorder saw is in our log, same op and sizes, same order."""
     # gloo's Flight Recorder names some operations by the gloo algorithm that runs them.
-    fr_name = {"all_reduce_coalesced": "all_reduce", "all_gather_into_tensor": "all_gather",
-               "all_to_all_single": "all_to_all", "reduce_scatter_tensor": "all_reduce"}
+    fr_name = {
+        "all_reduce_coalesced": "all_reduce",
+        "all_gather_into_tensor": "all_gather",
+        "all_to_all_single": "all_to_all",
+        "reduce_scatter_tensor": "all_reduce",
+    }
     for rank in range(WORLD):
         fr = spawned["facts"][rank]["flight_recorder"]["entries"]
         for pg in {r["pg"] for r in spawned["rows"] if r["rank"] == rank}:
             theirs = [e for e in fr if e["process_group"][0] == pg and not e["is_p2p"]]
-            ours = [r for r in spawned["rows"] if r["rank"] == rank and r["pg"] == pg
-                    and r["op"] not in ("send", "recv", "monitored_barrier")]
+            ours = [
+                r
+                for r in spawned["rows"]
+                if r["rank"] == rank and r["pg"] == pg and r["op"] not in ("send", "recv", "monitored_barrier")
+            ]
             ours.sort(key=lambda r: r["seq"])
             assert len(theirs) == len(ours), (rank, pg)
             for mine, entry in zip(ours, theirs, strict=True):
@@ -167,8 +176,18 @@ def test_torchrun_and_results_bitwise_identical(tmp_path: Path):
         env = clean_env(JOB_OUT=str(out), SECRET_TOKEN="do-not-record-me")
         if mode == "recorded":
             env["COMMTRACE_DIR"] = str(tmp_path / "traces")
-        run_job(["-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", free_port(),
-                 str(JOBS / "all_ops.py")], env)
+        run_job(
+            [
+                "-m",
+                "torch.distributed.run",
+                "--nproc-per-node",
+                "2",
+                "--master-port",
+                free_port(),
+                str(JOBS / "all_ops.py"),
+            ],
+            env,
+        )
         results[mode] = {r: json.loads((out / f"rank{r}.json").read_text()) for r in range(2)}
     for r in range(2):
         assert results["plain"][r]["params"] == results["recorded"][r]["params"]

@@ -16,8 +16,12 @@ def test_every_variable_is_documented():
 
 def test_bad_values_warn_once_and_fall_back(caplog):
     _log._seen.clear()
-    env = {"COMMTRACE_DIR": "/x", "COMMTRACE_FLUSH_S": "soon", "COMMTRACE_CLOCK_SYNC": "maybe",
-           "COMMTRACE_MAX_BUFFERED": "-5"}
+    env = {
+        "COMMTRACE_DIR": "/x",
+        "COMMTRACE_FLUSH_S": "soon",
+        "COMMTRACE_CLOCK_SYNC": "maybe",
+        "COMMTRACE_MAX_BUFFERED": "-5",
+    }
     with caplog.at_level(logging.WARNING, logger="commtrace"):
         first = config.from_env(env)
         second = config.from_env(env)
@@ -29,6 +33,7 @@ def test_bad_values_warn_once_and_fall_back(caplog):
 
 
 def test_good_values_and_overrides():
-    cfg = config.from_env({"COMMTRACE_DIR": "/t", "COMMTRACE_FLUSH_S": "0.25", "COMMTRACE_CLOCK_SYNC": "off"},
-                          flush_events=10)
+    cfg = config.from_env(
+        {"COMMTRACE_DIR": "/t", "COMMTRACE_FLUSH_S": "0.25", "COMMTRACE_CLOCK_SYNC": "off"}, flush_events=10
+    )
     assert (cfg.dir, cfg.flush_s, cfg.clock_sync, cfg.flush_events) == ("/t", 0.25, False, 10)

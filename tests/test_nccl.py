@@ -17,8 +17,7 @@ pytestmark = [
 
 def test_nccl_collectives_get_device_time(tmp_path):
     with recorder.recording(tmp_path, clock_sync=False, flush_s=0.1):
-        dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1,
-                                device_id=torch.device("cuda", 0))
+        dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1, device_id=torch.device("cuda", 0))
         t = torch.ones(1 << 24, device="cuda")
         for _ in range(10):
             dist.all_reduce(t)

@@ -1,6 +1,6 @@
 """DeviceMesh groups, DTensor and FSDP2 on CPU (gloo), knowing nothing about commtrace.
 
-    python mesh_fsdp.py PORT        # 4 ranks: a 2 x 2 mesh ("dp", "tp")
+python mesh_fsdp.py PORT        # 4 ranks: a 2 x 2 mesh ("dp", "tp")
 """
 
 import os
