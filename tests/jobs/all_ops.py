@@ -54,6 +54,16 @@ def run(rank: int, world: int) -> None:
             req.wait()
     objs = [None] * world
     dist.all_gather_object(objs, {"rank": rank})
+    dist.reduce_scatter(torch.zeros(3), [torch.ones(3) for _ in range(world)])
+    dist.broadcast_object_list([{"from": 0}], src=0)
+    dist.gather_object({"rank": rank}, [None] * world if rank == 0 else None, dst=0)
+    dist.scatter_object_list([None], [{"to": r} for r in range(world)] if rank == 0 else None, src=0)
+    if rank == 0:
+        dist.send_object_list([{"hello": 1}], dst=1)
+        dist.isend(torch.ones(9), dst=1).wait()
+    elif rank == 1:
+        dist.recv_object_list([None], src=0)
+        dist.irecv(torch.zeros(9), src=0).wait()
     dist.all_reduce_coalesced([torch.ones(4), torch.ones(6)])
 
     sub = dist.new_group([r for r in range(world) if r % 2 == 1])  # odd ranks
