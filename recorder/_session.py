@@ -131,8 +131,9 @@ class Session:
         self._flush_cpu_s = 0.0
         self._store = None
         self._startup_thread: threading.Thread | None = None
+        # Started with the run (start()): a process that never makes a process group (torchrun's
+        # agent, a data-prep script) runs no thread of ours.
         self._thread = threading.Thread(target=self._run, name="commtrace-writer", daemon=True)
-        self._thread.start()
 
     # -- process groups ----------------------------------------------------------------------------
     def on_group_created(self, pg, store, is_default: bool) -> None:
@@ -153,6 +154,7 @@ class Session:
     def start(self, rank: int, world_size: int, store) -> None:
         """Called once the default group exists: learn the run id and start writing, off the hot path."""
         self.rank, self.world_size, self._store = rank, world_size, store
+        self._thread.start()
         self._startup_thread = threading.Thread(target=self._startup, name="commtrace-startup", daemon=True)
         self._startup_thread.start()
 
@@ -514,10 +516,22 @@ def enable(directory: str | os.PathLike | None = None, **settings: object) -> bo
         return False
     install.install()
     _install_process_hooks()
-    session = Session(config)
-    _state.session = session
-    _adopt_existing_default_group(session)
+    global _armed
+    _armed = config
+    _state.session = Session(config)
+    _state.rearm = _rearm
+    _adopt_existing_default_group(_state.session)
     return True
+
+
+_armed: Config | None = None
+"""The configuration recording was switched on with, until disable(): a new default process group
+after destroy_process_group (a script that runs several jobs in turn) starts a new run."""
+
+
+def _rearm() -> None:
+    if _armed is not None and _state.session is None:
+        _state.session = Session(_armed)
 
 
 def _adopt_existing_default_group(session: Session) -> None:
@@ -544,6 +558,9 @@ def disable() -> None:
     """Stop recording, flush everything, and restore torch.distributed exactly."""
     from recorder import install
 
+    global _armed
+    _armed = None
+    _state.rearm = None
     session = _state.session
     if session is not None:
         session.close()

@@ -19,3 +19,6 @@ api_depth = 0
 
 tls = threading.local()
 """Per-thread annotation: ``tls.api`` names the torch.distributed API call in progress."""
+
+rearm = None
+"""Set while recording is switched on: starts a new session for a new default process group."""

@@ -70,6 +70,12 @@ class _ProcessGroupStandIn(metaclass=_ProxyMeta):
 def _wrap_helper(original):
     @functools.wraps(original)
     def _new_process_group_helper(*args, **kwargs):
+        ranks = args[2] if len(args) > 2 else kwargs.get("global_ranks_in_group")
+        if _state.session is None and not ranks and _state.rearm is not None:
+            try:
+                _state.rearm()  # a new default group after destroy_process_group: a new run
+            except Exception as exc:
+                warn_once("install:rearm", "could not start recording a new run: %r", exc)
         if _state.session is None or c10d.ProcessGroup is not _REAL_PG:
             return original(*args, **kwargs)
         c10d.ProcessGroup = _ProcessGroupStandIn
@@ -81,7 +87,6 @@ def _wrap_helper(original):
             session = _state.session
             pg = result[0] if isinstance(result, tuple) else result
             if session is not None and isinstance(pg, RecordingProcessGroup):
-                ranks = args[2] if len(args) > 2 else kwargs.get("global_ranks_in_group")
                 store = result[1] if isinstance(result, tuple) else None
                 session.on_group_created(pg, store, is_default=not ranks)
         except Exception as exc:

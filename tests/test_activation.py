@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 import torch.distributed.distributed_c10d as c10d
@@ -169,3 +170,17 @@ def test_full_buffer_drops_and_counts(tmp_path):
     assert [r["seq"] for r in rows] == list(range(16))
     meta = next(iter(rank_meta(tmp_path).values()))
     assert meta["dropped_events"] == 84 and meta["rows_written"] == 16 and meta["closed"] is True
+
+
+def test_a_new_default_group_after_destroy_starts_a_new_run(tmp_path):
+    with recorder.recording(tmp_path, clock_sync=False):
+        for _ in range(2):
+            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+            dist.all_reduce(torch.ones(2))
+            dist.destroy_process_group()
+    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(runs) == 2
+    for run in runs:
+        (segment,) = run.glob("rank=00000/collectives-*.parquet")
+        rows = pq.read_table(segment).to_pylist()
+        assert [(r["op"], r["seq"]) for r in rows] == [("all_reduce", 0)]
