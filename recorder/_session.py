@@ -138,6 +138,8 @@ class Session:
     # -- process groups ----------------------------------------------------------------------------
     def on_group_created(self, pg, store, is_default: bool) -> None:
         C._twin(pg)  # now that torch has configured the group, build its twin from it
+        info = C._info(pg)  # members and names are registered by now; the metadata lists every group
+        self.groups.setdefault(info.name, info)
         if self.config.cuda_timing and _backend_name(pg) == "nccl":
             self.enable_cuda_timing(pg, None)
         if is_default and self.rank is None:
