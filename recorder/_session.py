@@ -136,10 +136,12 @@ class Session:
         self._thread = threading.Thread(target=self._run, name="commtrace-writer", daemon=True)
 
     # -- process groups ----------------------------------------------------------------------------
-    def on_group_created(self, pg, store, is_default: bool) -> None:
+    def on_group_created(self, pg, store, ranks: list[int] | None) -> None:
+        """A recording group was just configured by torch; ``ranks`` are its global ranks ([] = all)."""
+        is_default = not ranks
         C._twin(pg)  # now that torch has configured the group, build its twin from it
-        info = C._info(pg)  # members and names are registered by now; the metadata lists every group
-        self.groups.setdefault(info.name, info)
+        info = C._info(pg, list(ranks) if ranks else None)
+        self.groups.setdefault(info.name, info)  # the metadata lists every group, used or not
         if self.config.cuda_timing and _backend_name(pg) == "nccl":
             self.enable_cuda_timing(pg, None)
         if is_default and self.rank is None:

@@ -74,17 +74,19 @@ class GroupInfo:
         "wait_inside",
     )
 
-    def __init__(self, pg: _PG) -> None:
+    def __init__(self, pg: _PG, ranks: list[int] | None = None) -> None:
         self.name = _safe(lambda: pg.group_name, "?")
         self.desc = _safe(lambda: pg.group_desc, "")
         self.size = pg.size()
         self.group_rank = pg.rank()
-        ranks = _safe(lambda: c10d._world.pg_group_ranks.get(pg), None)
         if ranks:
-            ordered = sorted(ranks.items(), key=lambda kv: kv[1])
-            self.ranks = [g for g, _ in ordered]
+            self.ranks = list(ranks)  # global ranks in group-rank order, as given to the group's creation
         else:
-            self.ranks = list(range(self.size))
+            registered = _safe(lambda: c10d._world.pg_group_ranks.get(pg), None)
+            if registered:
+                self.ranks = [g for g, _ in sorted(registered.items(), key=lambda kv: kv[1])]
+            else:
+                self.ranks = list(range(self.size))
         self.backend = _safe(lambda: str(c10d.get_backend(pg)), "")
         if not self.backend:
             self.backend = _safe(pg._get_backend_name, "unknown")
@@ -135,10 +137,10 @@ def _first_tensor(x):
     return None
 
 
-def _info(pg) -> GroupInfo:
+def _info(pg, ranks: list[int] | None = None) -> GroupInfo:
     info = pg.__dict__.get("_ct_info")
     if info is None:
-        info = GroupInfo(pg)
+        info = GroupInfo(pg, ranks)
         pg._ct_info = info
     return info
 

@@ -88,7 +88,7 @@ def _wrap_helper(original):
             pg = result[0] if isinstance(result, tuple) else result
             if session is not None and isinstance(pg, RecordingProcessGroup):
                 store = result[1] if isinstance(result, tuple) else None
-                session.on_group_created(pg, store, is_default=not ranks)
+                session.on_group_created(pg, store, ranks)
         except Exception as exc:
             warn_once("install:on_group", "recording a new process group failed: %r", exc)
         return result
