@@ -131,6 +131,7 @@ class Session:
         self._flush_cpu_s = 0.0
         self._store = None
         self._startup_thread: threading.Thread | None = None
+        self.sampler = None
         # Started with the run (start()): a process that never makes a process group (torchrun's
         # agent, a data-prep script) runs no thread of ours.
         self._thread = threading.Thread(target=self._run, name="commtrace-writer", daemon=True)
@@ -180,12 +181,29 @@ class Session:
                 )
             if self.rank == 0:
                 _atomic_json(os.path.join(run_dir, RUN_META), self._run_meta(), exclusive=True)
+            self._start_sampler(run_dir, run_id)
             self.write_rank_meta()
             if self.config.clock_sync and self.world_size and self.world_size > 1:
                 self._sync_clock("start", timeout_s=STARTUP_SYNC_S)
                 self.write_rank_meta()
         except Exception as exc:
             self._fail("startup", exc)
+
+    def _start_sampler(self, run_dir: str, run_id: str) -> None:
+        if self.config.sample_hz <= 0 or self.closed:
+            return
+        from recorder.sampler import Sampler
+
+        self.sampler = Sampler(
+            run_dir,
+            run_id,
+            self.incarnation,
+            self.config.sample_hz,
+            self.config.flush_s,
+            self.config.proc_root,
+            self.config.sys_root,
+        )
+        self.sampler.start()
 
     def _agree_run_id(self) -> str:
         env = dict(os.environ)
@@ -285,10 +303,24 @@ class Session:
                     "rows_written": self.writer.rows_written,
                     "bytes_written": self.writer.bytes_written,
                     "recorder_cpu_s": round(self._flush_cpu_s, 6),
+                    "sampler": self._sampler_meta(),
                 }
             )
             path = os.path.join(self.writer.rank_dir, f"{RANK_META_PREFIX}-{self.incarnation}.json")
         _atomic_json(path, meta)
+
+    def _sampler_meta(self) -> dict | None:
+        sampler = self.sampler
+        if sampler is None:
+            return None
+        return {
+            "host": sampler.host,
+            "elected": sampler.was_elected,
+            "samples": sampler.samples,
+            "cpu_s": round(sampler.cpu_s, 6),
+            "segments_written": sampler.writer.index,
+            "sources": [source.name for source in sampler.sources],
+        }
 
     # -- writing -----------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -424,6 +456,11 @@ class Session:
         if self.pending_poll or self._polled:
             self._poll_works()
         self.flush(final=True)
+        if self.sampler is not None:
+            try:
+                self.sampler.close()
+            except Exception as exc:
+                warn_once("fail:sampler", "the last network counters were not written: %r", exc)
         if not self.failed:
             try:
                 self.write_rank_meta()

@@ -38,6 +38,15 @@ COMMTRACE_CLOCK_ROUNDS = "COMMTRACE_CLOCK_ROUNDS"
 COMMTRACE_CUDA_TIMING = "COMMTRACE_CUDA_TIMING"
 """Time CUDA collectives with CUDA events (default 1); 0 records host-side issue times only."""
 
+COMMTRACE_SAMPLE_HZ = "COMMTRACE_SAMPLE_HZ"
+"""Samples per second of the host's NIC, TCP and RDMA counters (default 10; 0 turns the sampler off)."""
+
+COMMTRACE_PROC_ROOT = "COMMTRACE_PROC_ROOT"
+"""Where the sampler finds ``proc/net/...`` (default ``/``); tests point it at fixture trees."""
+
+COMMTRACE_SYS_ROOT = "COMMTRACE_SYS_ROOT"
+"""Where the sampler finds ``sys/class/...`` (default ``/``); tests point it at fixture trees."""
+
 COMMTRACE_DISABLE = "COMMTRACE_DISABLE"
 """Set to 1 to keep the recorder off even where COMMTRACE_DIR is set (e.g. in a sub-launcher)."""
 
@@ -51,6 +60,9 @@ ALL_VARIABLES = (
     COMMTRACE_CLOCK_SYNC,
     COMMTRACE_CLOCK_ROUNDS,
     COMMTRACE_CUDA_TIMING,
+    COMMTRACE_SAMPLE_HZ,
+    COMMTRACE_PROC_ROOT,
+    COMMTRACE_SYS_ROOT,
     COMMTRACE_DISABLE,
 )
 
@@ -66,6 +78,9 @@ class Config:
     clock_sync: bool = True
     clock_rounds: int = 5
     cuda_timing: bool = True
+    sample_hz: float = 10.0
+    proc_root: str = "/"
+    sys_root: str = "/"
     disabled: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -80,6 +95,9 @@ class Config:
             "clock_sync": self.clock_sync,
             "clock_rounds": self.clock_rounds,
             "cuda_timing": self.cuda_timing,
+            "sample_hz": self.sample_hz,
+            "proc_root": self.proc_root,
+            "sys_root": self.sys_root,
         }
 
 
@@ -131,6 +149,9 @@ def from_env(env: dict[str, str] | None = None, **overrides: object) -> Config:
         "clock_sync": _flag(env, COMMTRACE_CLOCK_SYNC, True),
         "clock_rounds": _number(env, COMMTRACE_CLOCK_ROUNDS, 5, int, 1),
         "cuda_timing": _flag(env, COMMTRACE_CUDA_TIMING, True),
+        "sample_hz": _number(env, COMMTRACE_SAMPLE_HZ, 10.0, float, 0.0),
+        "proc_root": env.get(COMMTRACE_PROC_ROOT) or "/",
+        "sys_root": env.get(COMMTRACE_SYS_ROOT) or "/",
         "disabled": _flag(env, COMMTRACE_DISABLE, False),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})

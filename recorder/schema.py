@@ -47,3 +47,21 @@ member) and, for send/recv, operations per (group, direction, peer)."""
 
 # Columns that change little from row to row: delta encoding keeps them a few bits per row.
 DELTA_COLUMNS = ("seq", "t_start_ns", "t_end_ns", "step")
+
+SAMPLES_PREFIX = "nic"
+HOST_META_PREFIX = "host"
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("t_ns", pa.int64()),
+        ("host", pa.dictionary(pa.int32(), pa.string())),
+        ("source", pa.dictionary(pa.int32(), pa.string())),
+        ("device", pa.dictionary(pa.int32(), pa.string())),
+        ("port", pa.int32()),
+        ("counter", pa.dictionary(pa.int32(), pa.string())),
+        ("value", pa.int64()),
+        ("text", pa.dictionary(pa.int32(), pa.string())),
+    ]
+)
+"""One row per counter per sample: the raw cumulative value as the kernel shows it (``value``), or a
+descriptive one (``text``, e.g. an interface's operstate). ``t_ns`` is wall-clock ns of the sample."""

@@ -19,7 +19,9 @@ def _default(rows, rank):
 def test_one_run_directory_with_every_rank(spawned):
     dirs = run_dirs(spawned["traces"])
     assert len(dirs) == 1
-    assert sorted(p.name for p in dirs[0].iterdir() if p.is_dir()) == [f"rank={r:05d}" for r in range(WORLD)]
+    names = sorted(p.name for p in dirs[0].iterdir() if p.is_dir())
+    assert [n for n in names if n.startswith("rank=")] == [f"rank={r:05d}" for r in range(WORLD)]
+    assert len([n for n in names if n.startswith("host=")]) == 1  # one sampler for the one host
     assert (dirs[0] / "run.json").exists()
     assert sorted(rank_meta(spawned["traces"])) == list(range(WORLD))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -9,7 +10,12 @@ from recorder import _log, config
 
 
 def test_every_variable_is_documented():
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("gen_config_doc", root / "scripts" / "gen_config_doc.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    doc = (root / "docs" / "configuration.md").read_text()
+    assert doc == gen.render(), "docs/configuration.md is stale: run python scripts/gen_config_doc.py"
     for name in config.ALL_VARIABLES:
         assert f"`{name}`" in doc
 

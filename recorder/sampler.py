@@ -1,0 +1,192 @@
+"""One sampler per host (per network namespace): the NIC, TCP and RDMA counters, at COMMTRACE_SAMPLE_HZ.
+
+Election: every rank of a run tries to take an exclusive ``flock`` on a lock file named after the
+run, the host name and the network namespace, in the host's temporary directory. The rank that
+holds it samples; the others retry now and then, so that if the sampler's process dies another
+rank on the host takes over. Hosts in separate network namespaces (containers, our lab) each get
+their own sampler even when they share a file system.
+
+The sampler thread reads files only (no subprocess, nothing that can block on the network), appends
+plain tuples, and writes a Parquet segment under ``<run>/host=<host>/`` every COMMTRACE_FLUSH_S.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from recorder._log import warn_once
+from recorder.schema import SAMPLE_SCHEMA, SAMPLES_PREFIX
+from recorder.sources import host_sources
+from recorder.writer import SegmentWriter, wall_minus_mono
+
+RETRY_ELECTION_S = 5.0
+
+
+def network_namespace_id() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/net").st_ino)
+    except OSError:
+        return "0"
+
+
+def host_name() -> str:
+    return socket.gethostname()
+
+
+class Election:
+    """Holds the per-host sampler lock while this process is the host's sampler."""
+
+    def __init__(self, run_id: str, host: str) -> None:
+        safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in f"{run_id}-{host}")
+        self.path = os.path.join(tempfile.gettempdir(), f"commtrace-{safe}-{network_namespace_id()}.lock")
+        self.fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        if self.fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+                os.close(self.fd)
+            finally:
+                self.fd = None
+
+
+def samples_to_table(rows: list, host: str, wall_minus_mono_ns: int) -> pa.Table:
+    t, source, device, port, counter, value = (list(c) for c in zip(*rows, strict=True))
+    numbers = [v if isinstance(v, int) else None for v in value]
+    texts = [v if isinstance(v, str) else None for v in value]
+    arrays = {
+        "t_ns": pa.array(np.asarray(t, dtype=np.int64) + wall_minus_mono_ns),
+        "host": pa.array([host] * len(t), pa.string()).dictionary_encode(),
+        "source": pa.array(source, pa.string()).dictionary_encode(),
+        "device": pa.array(device, pa.string()).dictionary_encode(),
+        "port": pa.array(port, pa.int32()),
+        "counter": pa.array(counter, pa.string()).dictionary_encode(),
+        "value": pa.array(numbers, pa.int64()),
+        "text": pa.array(texts, pa.string()).dictionary_encode(),
+    }
+    return pa.Table.from_arrays([arrays[f.name].cast(f.type) for f in SAMPLE_SCHEMA], schema=SAMPLE_SCHEMA)
+
+
+class Sampler:
+    """The host's sampler thread (only the elected rank's does any sampling)."""
+
+    def __init__(
+        self,
+        run_dir: str,
+        run_id: str,
+        incarnation: str,
+        hz: float,
+        flush_s: float,
+        proc_root: str = "/",
+        sys_root: str = "/",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self.host = host_name()
+        self.period_s = 1.0 / hz
+        self.flush_s = flush_s
+        self.proc_root, self.sys_root = proc_root, sys_root
+        self.election = Election(run_id, self.host)
+        self.writer = SegmentWriter(
+            os.path.join(run_dir, f"host={_clean(self.host)}"),
+            incarnation,
+            {"commtrace.run_id": run_id, "commtrace.host": self.host, **(metadata or {})},
+        )
+        self.rows: list = []
+        self.was_elected = False
+        self.samples = 0
+        self.cpu_s = 0.0
+        self.sources: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="commtrace-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def elected(self) -> bool:
+        return self.election.fd is not None
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self.election.try_acquire():
+                    self.was_elected = True
+                    break
+                if self._stop.wait(RETRY_ELECTION_S):
+                    return
+            self.sources = host_sources(self.proc_root, self.sys_root)
+            last_read = [float("-inf")] * len(self.sources)
+            next_flush = time.monotonic() + self.flush_s
+            next_tick = time.monotonic()
+            while not self._stop.is_set():
+                cpu0 = time.thread_time()
+                self._tick(last_read)
+                now = time.monotonic()
+                if now >= next_flush:
+                    self.flush()
+                    next_flush = now + self.flush_s
+                self.cpu_s += time.thread_time() - cpu0
+                next_tick += self.period_s
+                if next_tick < now:  # fell behind (a stopped process, a slow disk): skip, do not burst
+                    next_tick = now + self.period_s
+                self._stop.wait(max(0.0, next_tick - time.monotonic()))
+        except Exception as exc:
+            warn_once("sampler", "network counters are not recorded (the sampler failed: %r)", exc)
+
+    def _tick(self, last_read: list[float]) -> None:
+        now_s = time.monotonic()
+        t = time.monotonic_ns()
+        rows = self.rows
+        for i, source in enumerate(self.sources):
+            if source.period_s and now_s - last_read[i] < source.period_s:
+                continue
+            last_read[i] = now_s
+            try:
+                values = source.read()
+            except (OSError, ValueError):
+                continue
+            name = source.name
+            rows.extend((t, name, device, port, counter, value) for device, port, counter, value in values)
+        self.samples += 1
+
+    def flush(self) -> None:
+        rows, self.rows = self.rows, []
+        if rows:
+            self.writer.write(samples_to_table(rows, self.host, wall_minus_mono()), SAMPLES_PREFIX)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
+        try:
+            if self.elected:
+                self._tick([float("-inf")] * len(self.sources))  # a last sample at the very end
+                self.flush()
+        finally:
+            for source in self.sources:
+                source.close()
+            self.election.release()
+
+
+def _clean(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)[:128]

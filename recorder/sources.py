@@ -1,0 +1,302 @@
+"""Readers of the host's network counters: raw cumulative values, exactly as the kernel shows them.
+
+Each source yields ``(device, port, counter, value)`` tuples per read; ``value`` is an int, or a str
+for the few descriptive values (an interface's operstate). A source whose files do not exist is
+skipped, never an error. Files are opened once and re-read with ``pread`` at offset 0, which makes
+procfs and sysfs produce fresh contents without another open. The roots are configurable
+(``COMMTRACE_PROC_ROOT``, ``COMMTRACE_SYS_ROOT``) so that tests can point them at fixture trees that
+mirror real sysfs layouts. Deltas, wraps, resets and units are the analysis's job.
+"""
+
+from __future__ import annotations
+
+import os
+
+_READ_SIZE = 1 << 16
+
+NET_DEV_COLUMNS = (
+    "rx_bytes",
+    "rx_packets",
+    "rx_errs",
+    "rx_drop",
+    "rx_fifo",
+    "rx_frame",
+    "rx_compressed",
+    "rx_multicast",
+    "tx_bytes",
+    "tx_packets",
+    "tx_errs",
+    "tx_drop",
+    "tx_fifo",
+    "tx_colls",
+    "tx_carrier",
+    "tx_compressed",
+)
+
+# The TCP/UDP counters that tell loss and errors (the rest of /proc/net/snmp and netstat is not kept).
+SNMP_COUNTERS = {
+    "Tcp": (
+        "ActiveOpens",
+        "PassiveOpens",
+        "AttemptFails",
+        "EstabResets",
+        "CurrEstab",
+        "InSegs",
+        "OutSegs",
+        "RetransSegs",
+        "InErrs",
+        "OutRsts",
+        "InCsumErrors",
+    ),
+    "Udp": ("InDatagrams", "NoPorts", "InErrors", "OutDatagrams", "RcvbufErrors", "SndbufErrors", "InCsumErrors"),
+}
+NETSTAT_COUNTERS = {
+    "TcpExt": (
+        "TCPTimeouts",
+        "TCPLostRetransmit",
+        "TCPOrigDataSent",
+        "TCPFastRetrans",
+        "TCPSlowStartRetrans",
+        "TCPRetransFail",
+        "TCPSynRetrans",
+        "TCPLossProbes",
+        "TCPLossProbeRecovery",
+        "TCPSackRecovery",
+        "TCPRenoRecovery",
+        "TCPTimeoutRehash",
+        "TCPBacklogDrop",
+        "TCPRcvQDrop",
+        "TCPZeroWindowDrop",
+        "TCPOFOQueue",
+        "TCPOFODrop",
+        "ListenOverflows",
+        "ListenDrops",
+        "TCPAbortOnTimeout",
+    ),
+    "IpExt": ("InOctets", "OutOctets", "InNoRoutes", "InTruncatedPkts", "InCsumErrors"),
+}
+
+
+class _File:
+    """A file kept open and re-read from the start each time."""
+
+    __slots__ = ("path", "fd")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def read(self) -> str:
+        return os.pread(self.fd, _READ_SIZE, 0).decode("ascii", "replace")
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def _open(path: str) -> _File | None:
+    try:
+        return _File(path)
+    except OSError:
+        return None
+
+
+class Source:
+    name = "source"
+    period_s = 0.0  # read at most this often (0: every tick)
+
+    def read(self):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class NetDev(Source):
+    """``/proc/net/dev``: every interface, all 16 columns."""
+
+    name = "net_dev"
+
+    def __init__(self, proc_root: str) -> None:
+        self.file = _open(os.path.join(proc_root, "proc/net/dev"))
+
+    @property
+    def present(self) -> bool:
+        return self.file is not None
+
+    def read(self):
+        out = []
+        for line in self.file.read().splitlines()[2:]:
+            iface, sep, rest = line.partition(":")
+            if not sep:
+                continue
+            values = rest.split()
+            device = iface.strip()
+            for counter, value in zip(NET_DEV_COLUMNS, values, strict=False):
+                out.append((device, None, counter, int(value)))
+        return out
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+class _HeaderValueTable(Source):
+    """``/proc/net/snmp`` style: a header line then a value line per protocol."""
+
+    wanted: dict[str, tuple[str, ...]] = {}
+
+    def __init__(self, path: str) -> None:
+        self.file = _open(path)
+        self.columns: dict[str, list[tuple[int, str]]] | None = None  # protocol -> kept (position, name)
+
+    @property
+    def present(self) -> bool:
+        return self.file is not None
+
+    def read(self):
+        out = []
+        lines = self.file.read().splitlines()
+        if self.columns is None:  # the header lines do not change while the kernel runs
+            self.columns = {}
+            for header in lines[0::2]:
+                proto, _, names = header.partition(":")
+                keep = self.wanted.get(proto, ())
+                self.columns[proto] = [(i, n) for i, n in enumerate(names.split()) if n in keep]
+        for values in lines[1::2]:
+            proto, _, numbers = values.partition(":")
+            wanted = self.columns.get(proto)
+            if wanted:
+                fields = numbers.split()
+                out.extend((proto, None, name, int(fields[i])) for i, name in wanted if i < len(fields))
+        return out
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+class Snmp(_HeaderValueTable):
+    name = "snmp"
+    wanted = SNMP_COUNTERS
+
+    def __init__(self, proc_root: str) -> None:
+        super().__init__(os.path.join(proc_root, "proc/net/snmp"))
+
+
+class Netstat(_HeaderValueTable):
+    name = "netstat"
+    wanted = NETSTAT_COUNTERS
+
+    def __init__(self, proc_root: str) -> None:
+        super().__init__(os.path.join(proc_root, "proc/net/netstat"))
+
+
+class NetClass(Source):
+    """``/sys/class/net/<if>/{speed,mtu,operstate}``: written at the first read and when they change."""
+
+    name = "net_class"
+    period_s = 10.0  # descriptive values: checked every few seconds, written when they change
+    FIELDS = ("speed", "mtu", "operstate")
+
+    def __init__(self, sys_root: str) -> None:
+        self.base = os.path.join(sys_root, "sys/class/net")
+        self.last: dict[tuple[str, str], object] = {}
+
+    @property
+    def present(self) -> bool:
+        return os.path.isdir(self.base)
+
+    def read(self):
+        out = []
+        try:
+            ifaces = sorted(os.listdir(self.base))
+        except OSError:
+            return out
+        for iface in ifaces:
+            for field in self.FIELDS:
+                try:
+                    with open(os.path.join(self.base, iface, field)) as fh:
+                        raw = fh.read().strip()
+                except OSError:
+                    continue  # e.g. speed of a virtual interface: EINVAL
+                value: object = int(raw) if raw.lstrip("-").isdigit() else raw
+                if self.last.get((iface, field)) != value:
+                    self.last[(iface, field)] = value
+                    out.append((iface, None, field, value))
+        return out
+
+
+class Rdma(Source):
+    """``/sys/class/infiniband/<dev>/ports/<n>/{counters,hw_counters}/*``: InfiniBand, RoCE and EFA.
+
+    Every counter file is kept as it is: ``port_xmit_data`` and ``port_rcv_data`` in 4-byte words,
+    32- or 64-bit as the device has them. ``hw_counters`` counters are named with an ``hw_`` prefix
+    only where they would collide with a ``counters`` file of the same name.
+    """
+
+    name = "rdma"
+
+    def __init__(self, sys_root: str) -> None:
+        self.files: list[tuple[str, int, str, _File]] = []
+        base = os.path.join(sys_root, "sys/class/infiniband")
+        try:
+            devices = sorted(os.listdir(base))
+        except OSError:
+            return
+        for device in devices:
+            ports_dir = os.path.join(base, device, "ports")
+            try:
+                ports = sorted(os.listdir(ports_dir), key=lambda p: int(p) if p.isdigit() else 0)
+            except OSError:
+                continue
+            for port in ports:
+                seen: set[str] = set()
+                for group in ("counters", "hw_counters"):
+                    folder = os.path.join(ports_dir, port, group)
+                    try:
+                        names = sorted(os.listdir(folder))
+                    except OSError:
+                        continue
+                    for counter in names:
+                        path = os.path.join(folder, counter)
+                        if not os.path.isfile(path) or counter == "lifespan":
+                            continue
+                        handle = _open(path)
+                        if handle is None:
+                            continue
+                        label = f"hw_{counter}" if group == "hw_counters" and counter in seen else counter
+                        seen.add(counter)
+                        self.files.append((device, int(port) if port.isdigit() else 0, label, handle))
+
+    @property
+    def present(self) -> bool:
+        return bool(self.files)
+
+    def read(self):
+        out = []
+        for device, port, counter, handle in self.files:
+            try:
+                raw = handle.read().strip()
+                out.append((device, port, counter, int(raw)))
+            except (OSError, ValueError):
+                continue  # a counter that cannot be read right now (some are write-only or transient)
+        return out
+
+    def close(self) -> None:
+        for *_, handle in self.files:
+            handle.close()
+
+
+def host_sources(proc_root: str = "/", sys_root: str = "/") -> list[Source]:
+    """Every source that exists on this host."""
+    candidates = [NetDev(proc_root), Snmp(proc_root), Netstat(proc_root), NetClass(sys_root), Rdma(sys_root)]
+    present = []
+    for source in candidates:
+        if source.present:
+            present.append(source)
+        else:
+            source.close()
+    return present
