@@ -51,8 +51,7 @@ def _ops(world: int):
         a.wait()
         b.wait()
 
-    return {"all_reduce": all_reduce, "all_gather_into_tensor": all_gather_into_tensor,
-            "isend_irecv_pair": isend_irecv}
+    return {"all_reduce": all_reduce, "all_gather_into_tensor": all_gather_into_tensor, "isend_irecv_pair": isend_irecv}
 
 
 def _time(fn, group, calls: int) -> float:
@@ -84,16 +83,18 @@ def main() -> None:
                 base.append(b)
                 rec.append(r)
                 diff.append(r - b)
-            results.append({
-                "op": name,
-                "plain_us_median": round(statistics.median(base), 3),
-                "recorded_us_median": round(statistics.median(rec), 3),
-                "added_us_min": round(min(diff), 3),
-                "added_us_median": round(statistics.median(diff), 3),
-                "added_us_max": round(max(diff), 3),
-                "calls_per_batch": args.calls,
-                "repeats": args.repeats,
-            })
+            results.append(
+                {
+                    "op": name,
+                    "plain_us_median": round(statistics.median(base), 3),
+                    "recorded_us_median": round(statistics.median(rec), 3),
+                    "added_us_min": round(min(diff), 3),
+                    "added_us_median": round(statistics.median(diff), 3),
+                    "added_us_max": round(max(diff), 3),
+                    "calls_per_batch": args.calls,
+                    "repeats": args.repeats,
+                }
+            )
         dropped = _state.session.dropped if _state.session else None
         recorder.disable()
         dist.destroy_process_group()

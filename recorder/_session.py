@@ -199,7 +199,7 @@ class Session:
             run_id,
             self.incarnation,
             self.config.sample_hz,
-            self.config.flush_s,
+            self.config.sample_flush_s,
             self.config.proc_root,
             self.config.sys_root,
         )

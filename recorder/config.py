@@ -41,6 +41,10 @@ COMMTRACE_CUDA_TIMING = "COMMTRACE_CUDA_TIMING"
 COMMTRACE_SAMPLE_HZ = "COMMTRACE_SAMPLE_HZ"
 """Samples per second of the host's NIC, TCP and RDMA counters (default 10; 0 turns the sampler off)."""
 
+COMMTRACE_SAMPLE_FLUSH_S = "COMMTRACE_SAMPLE_FLUSH_S"
+"""Seconds between writes of the counter samples (default 5): writing a segment costs more than
+sampling, and cumulative counters lose only resolution, not totals, if the last interval is lost."""
+
 COMMTRACE_PROC_ROOT = "COMMTRACE_PROC_ROOT"
 """Where the sampler finds ``proc/net/...`` (default ``/``); tests point it at fixture trees."""
 
@@ -61,6 +65,7 @@ ALL_VARIABLES = (
     COMMTRACE_CLOCK_ROUNDS,
     COMMTRACE_CUDA_TIMING,
     COMMTRACE_SAMPLE_HZ,
+    COMMTRACE_SAMPLE_FLUSH_S,
     COMMTRACE_PROC_ROOT,
     COMMTRACE_SYS_ROOT,
     COMMTRACE_DISABLE,
@@ -79,6 +84,7 @@ class Config:
     clock_rounds: int = 5
     cuda_timing: bool = True
     sample_hz: float = 10.0
+    sample_flush_s: float = 5.0
     proc_root: str = "/"
     sys_root: str = "/"
     disabled: bool = False
@@ -96,6 +102,7 @@ class Config:
             "clock_rounds": self.clock_rounds,
             "cuda_timing": self.cuda_timing,
             "sample_hz": self.sample_hz,
+            "sample_flush_s": self.sample_flush_s,
             "proc_root": self.proc_root,
             "sys_root": self.sys_root,
         }
@@ -150,6 +157,7 @@ def from_env(env: dict[str, str] | None = None, **overrides: object) -> Config:
         "clock_rounds": _number(env, COMMTRACE_CLOCK_ROUNDS, 5, int, 1),
         "cuda_timing": _flag(env, COMMTRACE_CUDA_TIMING, True),
         "sample_hz": _number(env, COMMTRACE_SAMPLE_HZ, 10.0, float, 0.0),
+        "sample_flush_s": _number(env, COMMTRACE_SAMPLE_FLUSH_S, 5.0, float, 0.01),
         "proc_root": env.get(COMMTRACE_PROC_ROOT) or "/",
         "sys_root": env.get(COMMTRACE_SYS_ROOT) or "/",
         "disabled": _flag(env, COMMTRACE_DISABLE, False),

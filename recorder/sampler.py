@@ -18,9 +18,11 @@ import socket
 import tempfile
 import threading
 import time
+from operator import itemgetter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from recorder._log import warn_once
 from recorder.schema import SAMPLE_SCHEMA, SAMPLES_PREFIX
@@ -46,8 +48,14 @@ class Election:
 
     def __init__(self, run_id: str, host: str) -> None:
         safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in f"{run_id}-{host}")
-        self.path = os.path.join(tempfile.gettempdir(), f"commtrace-{safe}-{network_namespace_id()}.lock")
+        stem = os.path.join(tempfile.gettempdir(), f"commtrace-{safe}-{network_namespace_id()}")
+        self.path = stem + ".lock"
+        self.pid_file = stem + ".pids"  # every rank of the run on this host, for per-connection TCP stats
         self.fd: int | None = None
+
+    def register(self, pid: int) -> None:
+        with open(self.pid_file, "a") as fh:
+            fh.write(f"{pid}\n")
 
     def try_acquire(self) -> bool:
         if self.fd is not None:
@@ -64,6 +72,11 @@ class Election:
     def release(self) -> None:
         if self.fd is not None:
             try:
+                for path in (self.path, self.pid_file):  # the run is ending on this host
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
                 os.close(self.fd)
             finally:
@@ -71,18 +84,24 @@ class Election:
 
 
 def samples_to_table(rows: list, host: str, wall_minus_mono_ns: int) -> pa.Table:
-    t, source, device, port, counter, value = (list(c) for c in zip(*rows, strict=True))
-    numbers = [v if isinstance(v, int) else None for v in value]
-    texts = [v if isinstance(v, str) else None for v in value]
+    """Rows of (t_mono_ns, source, device, port, counter, value) to SAMPLE_SCHEMA; a str value goes to
+    ``text``. Column by column in Arrow: the sampler shares the GIL with training."""
+    column = [list(map(itemgetter(i), rows)) for i in range(6)]
+    values = column[5]
+    if any(isinstance(v, str) for v in values):
+        numbers = pa.array([None if isinstance(v, str) else v for v in values], pa.int64())
+        texts = pa.array([v if isinstance(v, str) else None for v in values], pa.string())
+    else:
+        numbers, texts = pa.array(values, pa.int64()), pa.nulls(len(values), pa.string())
     arrays = {
-        "t_ns": pa.array(np.asarray(t, dtype=np.int64) + wall_minus_mono_ns),
-        "host": pa.array([host] * len(t), pa.string()).dictionary_encode(),
-        "source": pa.array(source, pa.string()).dictionary_encode(),
-        "device": pa.array(device, pa.string()).dictionary_encode(),
-        "port": pa.array(port, pa.int32()),
-        "counter": pa.array(counter, pa.string()).dictionary_encode(),
-        "value": pa.array(numbers, pa.int64()),
-        "text": pa.array(texts, pa.string()).dictionary_encode(),
+        "t_ns": pc.add(pa.array(column[0], pa.int64()), wall_minus_mono_ns),
+        "host": pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(values), dtype=np.int32)), pa.array([host])),
+        "source": pa.array(column[1], pa.string()).dictionary_encode(),
+        "device": pa.array(column[2], pa.string()).dictionary_encode(),
+        "port": pa.array(column[3], pa.int32()),
+        "counter": pa.array(column[4], pa.string()).dictionary_encode(),
+        "value": numbers,
+        "text": texts.dictionary_encode(),
     }
     return pa.Table.from_arrays([arrays[f.name].cast(f.type) for f in SAMPLE_SCHEMA], schema=SAMPLE_SCHEMA)
 
@@ -120,6 +139,10 @@ class Sampler:
         self._thread = threading.Thread(target=self._run, name="commtrace-sampler", daemon=True)
 
     def start(self) -> None:
+        try:
+            self.election.register(os.getpid())
+        except OSError:
+            pass
         self._thread.start()
 
     @property
@@ -134,7 +157,7 @@ class Sampler:
                     break
                 if self._stop.wait(RETRY_ELECTION_S):
                     return
-            self.sources = host_sources(self.proc_root, self.sys_root)
+            self.sources = host_sources(self.proc_root, self.sys_root, self.election.pid_file)
             last_read = [float("-inf")] * len(self.sources)
             next_flush = time.monotonic() + self.flush_s
             next_tick = time.monotonic()
@@ -165,8 +188,8 @@ class Sampler:
                 values = source.read()
             except (OSError, ValueError):
                 continue
-            name = source.name
-            rows.extend((t, name, device, port, counter, value) for device, port, counter, value in values)
+            prefix = (t, source.name)
+            rows.extend(prefix + v for v in values)
         self.samples += 1
 
     def flush(self) -> None:

@@ -65,3 +65,13 @@ def test_each_host_sees_its_ranks_bytes_on_its_interface(tmp_trace):
             moved = series[-1][1] - series[0][1]
             # TCP/IP headers and the store's and gloo's own messages add a few percent.
             assert 0.98 * expected <= moved <= 1.15 * expected, (host, counter, moved, expected)
+        # Per connection (sock_diag): the job's connections to the other host carry the payload.
+        peer_ip = lab.ip(1 - rank)
+        last: dict[str, dict[str, int]] = {}
+        for r in sorted((r for r in rows if r["source"] == "tcp_conn"), key=lambda r: r["t_ns"]):
+            last.setdefault(r["device"], {})[r["counter"]] = r["value"]
+        to_peer = {d: c for d, c in last.items() if d.split(">")[1].rsplit(":", 1)[0] == peer_ip}
+        assert to_peer, f"no per-connection figures from {host} to {peer_ip}: {sorted(last)}"
+        sent = sum(c["bytes_sent"] for c in to_peer.values())
+        assert 0.98 * expected <= sent <= 1.1 * expected, (host, sent, expected)
+        assert all({"rtt_us", "total_retrans", "bytes_retrans", "delivery_rate"} <= set(c) for c in to_peer.values())
