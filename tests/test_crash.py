@@ -56,7 +56,8 @@ def test_kill_9_loses_at_most_one_flush_interval(tmp_path):
     killed = [pq.read_table(p) for p in _segments(traces, 1)]  # every segment readable: no half file
     last_end = max(max(t.column("t_end_ns").drop_null().to_pylist()) for t in killed)
     lost_s = (killed_at_ns - last_end) / 1e9
-    assert 0 <= lost_s <= FLUSH_S + 0.25, f"lost {lost_s:.3f} s of rank 1's operations"
+    print(f"rank 1 lost the last {lost_s:.3f} s before kill -9 (flush interval {FLUSH_S} s)")
+    assert 0 <= lost_s <= FLUSH_S + 0.4, f"lost {lost_s:.3f} s of rank 1 operations"  # + scheduling slack
     assert not list(traces.glob("*/rank=00001/.*.tmp"))
     # The surviving rank's log is whole: every operation from the first to at least the killed rank's
     # last written one, in order (it was stopped by torchrun, or failed in the operation the kill broke).
@@ -90,4 +91,4 @@ def test_sigterm_flushes_everything_and_dies_the_same_way(tmp_path):
     rows = [r for p in _segments(traces, 0) for r in pq.read_table(p).to_pylist()]
     assert len(rows) > 100
     assert [r["seq"] for r in sorted(rows, key=lambda r: r["seq"])] == list(range(len(rows)))
-    assert (signalled_at_ns - max(r["t_start_ns"] for r in rows)) / 1e9 < 0.1
+    assert (signalled_at_ns - max(r["t_start_ns"] for r in rows)) / 1e9 < 0.5  # periodic flush: 3600 s
