@@ -1,6 +1,6 @@
 """Write docs/configuration.md from the constants and docstrings in recorder/config.py.
 
-    python scripts/gen_config_doc.py
+python scripts/gen_config_doc.py
 """
 
 from __future__ import annotations
@@ -26,9 +26,13 @@ def render() -> str:
     body = ast.parse((ROOT / "recorder" / "config.py").read_text()).body
     rows = []
     for node, following in zip(body, body[1:], strict=False):
-        if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-                and node.targets[0].id.startswith("COMMTRACE_") and isinstance(following, ast.Expr)
-                and isinstance(following.value, ast.Constant)):
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id.startswith("COMMTRACE_")
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+        ):
             rows.append(f"| `{node.targets[0].id}` | {' '.join(following.value.value.split())} |")
     return HEADER + "\n".join(rows) + "\n"
 
