@@ -237,3 +237,18 @@ def test_torchrun_and_results_bitwise_identical(tmp_path: Path):
     for path in (tmp_path / "traces").rglob("*"):
         if path.is_file():
             assert b"do-not-record-me" not in path.read_bytes()
+
+
+def test_async_end_is_completion_not_enqueue(tmp_trace):
+    """An async all_reduce and an irecv end when the late peer's data has arrived, not when issued."""
+    delay = 0.4
+    run_job([str(JOBS / "late_peer.py"), free_port(), str(delay)], clean_env(COMMTRACE_DIR=str(tmp_trace)))
+    rows = {(r["rank"], r["op"]): r for r in load_events(tmp_trace).to_pylist() if r["op"] != "barrier"}
+    early = rows[(0, "all_reduce")]
+    assert early["async_op"]
+    assert (early["t_end_ns"] - early["t_start_ns"]) / 1e9 >= 0.9 * delay
+    late = rows[(1, "all_reduce")]
+    assert (late["t_end_ns"] - late["t_start_ns"]) / 1e9 < 0.5 * delay
+    recv = rows[(0, "recv")]
+    assert recv["async_op"] and recv["api"] == "irecv"
+    assert (recv["t_end_ns"] - recv["t_start_ns"]) / 1e9 >= 0.9 * delay
