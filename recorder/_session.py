@@ -143,18 +143,21 @@ class Session:
         C._twin(pg)  # now that torch has configured the group, build its twin from it
         info = C._info(pg, list(ranks) if ranks else None)
         self.groups.setdefault(info.name, info)  # the metadata lists every group, used or not
-        if self.config.cuda_timing and _backend_name(pg) == "nccl":
-            self.enable_cuda_timing(pg, None)
+        if _backend_name(pg) == "nccl":
+            self.enable_cuda_timing(pg, info)
+
         if is_default and self.rank is None:
             self.start(pg.rank(), pg.size(), store)
 
     def enable_cuda_timing(self, pg, info) -> None:
+        """Have the backend time collectives with CUDA events (Work._get_duration), once per group."""
+        info.timing_enabled = True
+        if not self.config.cuda_timing:
+            return
         try:
-            pg._enable_collectives_timing()
+            pg._enable_collectives_timing()  # on the backends, which the twin shares
         except Exception as exc:
             warn_once("cuda:timing", "CUDA collective timing unavailable (%r); GPU durations not recorded", exc)
-        if info is not None:
-            info.timing_enabled = True
 
     def start(self, rank: int, world_size: int, store) -> None:
         """Called once the default group exists: learn the run id and start writing, off the hot path."""

@@ -8,17 +8,19 @@ Which layer catches what (torch 2.6+; verified on 2.13 CPU):
   ``ProcessGroup`` calls Python overrides through pybind's trampoline, so the same methods see the
   Python API (``dist.all_reduce`` ...), DDP's C++ reducer (bucket allreduce, buffer broadcast,
   parameter verification), functional collectives (DTensor, tensor parallel, compiled graphs) and
-  FSDP. Each override records the operation and calls the unmodified ``ProcessGroup`` method, which
-  goes through the dispatcher exactly as before, so results and exceptions are the user's own.
+  FSDP. Each override records the operation and forwards the call to the group's plain twin (same
+  store, backends and name), which goes through the dispatcher exactly as an unrecorded call, so
+  results and exceptions are the user's own. See docs/capture.md.
 * Python-API annotations (``batch_isend_irecv``, the ``*_object`` collectives, ``send``/``recv``)
   only label the operations the group records with the API that issued them; they never record.
 * Groups made by ``split_group`` (NCCL comm split) are wrapped in the same class when created.
 
-Completion time: a synchronous call (``opts.asyncOp`` false, as every blocking ``dist.*`` call sets
-it) is waited on inside the override, where the caller was about to wait anyway; an asynchronous
-CPU operation gets a future callback that fires when gloo completes it; a CUDA operation is
-polled off the hot path with ``Work.is_completed()`` and, when ``COMMTRACE_CUDA_TIMING`` is on, its
-GPU duration comes from the backend's CUDA events (``Work._get_duration()``).
+Completion time: a synchronous gloo collective (``opts.asyncOp`` false, as every blocking ``dist.*``
+call sets it) is waited on inside the override, where the caller was about to wait anyway; an
+asynchronous CPU collective gets a future callback that fires when gloo completes it; a gloo
+send/recv completes when its owner's ``Work.wait()`` returns; a CUDA operation is polled off the hot
+path with ``Work.is_completed()`` and, when ``COMMTRACE_CUDA_TIMING`` is on, its GPU duration comes
+from the backend's CUDA events (``Work._get_duration()``).
 """
 
 from __future__ import annotations
@@ -41,9 +43,7 @@ _mono = time.monotonic_ns
 # collector stops tracking, so a full buffer costs no collection time. An operation is two events:
 # an issue (appended before the call, so hangs and crashes still show it) and a completion.
 ID, GROUP, SEQ, OP, T0, N_IN, N_OUT, DTYPE, PEER, ROOT, ASYNC, COAL, STEP, API, DEVICE = range(15)
-ISSUE_FIELDS = 15
 # Completion: (ID, T1, STATUS, GPU_NS)
-DONE_FIELDS = 4
 
 GROUPS: list = []
 """Every GroupInfo of this process, by index (issue events carry the index)."""
@@ -213,6 +213,8 @@ def _record(pg, fn, op, args, kwargs, n_in, n_out, tensor, peer, root, opts):
         else:
             s.done.append((rid, _mono(), OK, None))
     else:
+        if device == "cuda" and not info.timing_enabled:
+            s.enable_cuda_timing(pg, info)
         _end(s, rid, work, device, is_async, info)
     return work
 
@@ -268,7 +270,7 @@ def _record_p2p(pg, fn, op, args, kwargs, tensors, peer):
     try:
         if device == "cuda":
             if not info.timing_enabled:
-                s.enable_cuda_timing(None, info)
+                s.enable_cuda_timing(pg, info)
             s.pending_poll.append((rid, work, True))
         elif len(waiting) < _WAITING_MAX:
             # gloo's send/recv works have no future and must be waited on once only, by their owner:
@@ -311,8 +313,6 @@ def _end(s, rid: int, work, device, is_async: bool, info: GroupInfo) -> None:
             s.done.append((rid, _mono(), OK, None))
         elif device == "cuda":
             # CUDA work completes on the device: polled off the hot path, timed by CUDA events.
-            if not info.timing_enabled:
-                s.enable_cuda_timing(None, info)
             s.pending_poll.append((rid, work, True))
         elif not is_async and info.wait_inside:
             try:

@@ -144,7 +144,7 @@ def build_segment(
         "t_start_ns": pc.add(t0, wall_minus_mono),
         "t_end_ns": pc.add(t1, wall_minus_mono),
         "gpu_duration_ns": gpu_ns,
-        "status": pc.fill_null(status, "in_flight").dictionary_encode(),
+        "status": pc.fill_null(status, C.IN_FLIGHT).dictionary_encode(),
         "async_op": pa.array(_column(issues, C.ASYNC), type=pa.bool_()),
         "coalesced": pa.array(_column(issues, C.COAL), type=pa.bool_()),
         "api": pa.array(_column(issues, C.API), type=pa.string()).dictionary_encode(),
