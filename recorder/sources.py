@@ -349,6 +349,108 @@ class TcpConnections(Source):
             self.sock.close()
 
 
+class RdmaPorts(Source):
+    """Each RDMA port's ``rate``, ``state``, ``phys_state`` and ``link_layer``: written when they change."""
+
+    name = "rdma_port"
+    period_s = 10.0
+    FIELDS = ("rate", "state", "phys_state", "link_layer")
+
+    def __init__(self, sys_root: str) -> None:
+        self.base = os.path.join(sys_root, "sys/class/infiniband")
+        self.last: dict[tuple[str, str, str], str] = {}
+
+    @property
+    def present(self) -> bool:
+        return os.path.isdir(self.base)
+
+    def read(self):
+        out = []
+        for device in sorted(os.listdir(self.base)):
+            ports_dir = os.path.join(self.base, device, "ports")
+            try:
+                ports = sorted(os.listdir(ports_dir))
+            except OSError:
+                continue
+            for port in ports:
+                for field in self.FIELDS:
+                    try:
+                        with open(os.path.join(ports_dir, port, field)) as fh:
+                            value = fh.read().strip()
+                    except OSError:
+                        continue
+                    if self.last.get((device, port, field)) != value:
+                        self.last[(device, port, field)] = value
+                        out.append((device, int(port) if port.isdigit() else 0, field, value))
+        return out
+
+
+class Nvml(Source):
+    """NVLink and PCIe counters of every GPU on the host, through NVML (``nvidia-ml-py``), if present.
+
+    Cumulative NVML field values: NVLink data bytes sent/received in KiB (all links), NVLink CRC, replay
+    and recovery error totals, PCIe bytes sent/received, and the PCIe replay counter. A field the
+    driver does not support is left out. ``device`` is ``gpu<index>``.
+    """
+
+    name = "nvml"
+    ALL_LINKS = 0xFFFFFFFF
+    FIELDS = (
+        ("nvlink_tx_kib", "NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX", ALL_LINKS),
+        ("nvlink_rx_kib", "NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX", ALL_LINKS),
+        ("nvlink_crc_flit_errors", "NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL", 0),
+        ("nvlink_replay_errors", "NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL", 0),
+        ("nvlink_recovery_errors", "NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL", 0),
+        ("pcie_tx_bytes", "NVML_FI_DEV_PCIE_COUNT_TX_BYTES", 0),
+        ("pcie_rx_bytes", "NVML_FI_DEV_PCIE_COUNT_RX_BYTES", 0),
+    )
+
+    def __init__(self) -> None:
+        self.nvml = None
+        self.handles: list = []
+        self.fields: list[tuple[str, int, int]] = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self.fields = [
+                (name, getattr(pynvml, const), scope) for name, const, scope in self.FIELDS if hasattr(pynvml, const)
+            ]
+            self.nvml = pynvml
+        except Exception:  # no library, no driver, no GPU: the source is absent
+            self.handles = []
+
+    @property
+    def present(self) -> bool:
+        return self.nvml is not None and bool(self.handles)
+
+    def read(self):
+        nvml, out = self.nvml, []
+        request = [(field, scope) for _, field, scope in self.fields]
+        for index, handle in enumerate(self.handles):
+            device = f"gpu{index}"
+            try:
+                values = nvml.nvmlDeviceGetFieldValues(handle, request)
+            except Exception:
+                values = []
+            for (name, _, _), value in zip(self.fields, values, strict=False):
+                if getattr(value, "nvmlReturn", 1) == 0:
+                    out.append((device, None, name, int(value.value.ullVal)))
+            try:
+                out.append((device, None, "pcie_replay_count", int(nvml.nvmlDeviceGetPcieReplayCounter(handle))))
+            except Exception:
+                pass
+        return out
+
+    def close(self) -> None:
+        if self.nvml is not None:
+            try:
+                self.nvml.nvmlShutdown()
+            except Exception:
+                pass
+
+
 def host_sources(proc_root: str = "/", sys_root: str = "/", pid_file: str | None = None) -> list[Source]:
     """Every source that exists on this host."""
     candidates = [
@@ -357,7 +459,9 @@ def host_sources(proc_root: str = "/", sys_root: str = "/", pid_file: str | None
         Netstat(proc_root),
         NetClass(sys_root),
         Rdma(sys_root),
+        RdmaPorts(sys_root),
         TcpConnections(pid_file),
+        Nvml(),
     ]
     present = []
     for source in candidates:

@@ -52,7 +52,14 @@ def test_rdma_fixtures_land_unchanged_with_wrap_and_reset(tmp_path):
     ]
     tmp = _sample(tmp_path, sys_root, steps)
     rows = _rows_by(tmp)
-    assert {r["source"] for r in tmp} == {"rdma"}
+    assert {r["source"] for r in tmp} == {"rdma", "rdma_port"}
+    attributes = {(r["device"], r["counter"]): r["text"] for r in tmp if r["source"] == "rdma_port"}
+    assert (
+        attributes[("mlx5_0", "rate")] == "200 Gb/sec (4X HDR)" and attributes[("mlx5_1", "link_layer")] == "Ethernet"
+    )
+    assert attributes[("rdmap16s27", "state")] == "4: ACTIVE"
+    tmp = [r for r in tmp if r["source"] == "rdma"]
+    rows = _rows_by(tmp)
     assert rows[("mlx5_0", "port_xmit_data")] == [WRAP - 6, 10]
     assert rows[("mlx5_0", "port_rcv_data")] == [1000, 0]
     assert rows[("mlx5_0", "symbol_error")] == [3, 3]
@@ -124,3 +131,75 @@ def test_sampling_cost_is_small(tmp_path):
                 s.read()
     per_tick_us = (time.thread_time() - start) / 50 * 1e6
     assert per_tick_us < 2000
+
+
+class _FakeNvml:
+    """Stands in for NVML's Python binding: the boundary we cannot have without a GPU here."""
+
+    NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX = 138
+    NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX = 139
+    NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL = 38
+    NVML_FI_DEV_PCIE_COUNT_TX_BYTES = 197
+    NVML_FI_DEV_PCIE_COUNT_RX_BYTES = 198
+
+    def __init__(self, gpus: int) -> None:
+        self.gpus = gpus
+        self.requests = []
+        self.shut = False
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        self.shut = True
+
+    def nvmlDeviceGetCount(self):
+        return self.gpus
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return f"handle{i}"
+
+    def nvmlDeviceGetFieldValues(self, handle, request):
+        from types import SimpleNamespace
+
+        self.requests.append(request)
+        index = int(handle[-1])
+        out = []
+        for field, _scope in request:
+            supported = field != 197  # this "driver" does not count PCIe TX bytes
+            out.append(
+                SimpleNamespace(nvmlReturn=0 if supported else 3, value=SimpleNamespace(ullVal=field * 1000 + index))
+            )
+        return out
+
+    def nvmlDeviceGetPcieReplayCounter(self, handle):
+        return 4
+
+
+def test_nvml_fields_per_gpu(monkeypatch):
+    import sys
+
+    from recorder.sources import Nvml
+
+    fake = _FakeNvml(gpus=2)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    source = Nvml()
+    assert source.present
+    rows = {(d, c): v for d, _, c, v in source.read()}
+    assert rows[("gpu0", "nvlink_tx_kib")] == 138000 and rows[("gpu1", "nvlink_rx_kib")] == 139001
+    assert rows[("gpu1", "nvlink_crc_flit_errors")] == 38001 and rows[("gpu0", "pcie_rx_bytes")] == 198000
+    assert ("gpu0", "pcie_tx_bytes") not in rows  # unsupported by the driver: left out
+    assert rows[("gpu0", "pcie_replay_count")] == 4
+    assert (138, Nvml.ALL_LINKS) in fake.requests[0]  # NVLink throughput summed over all links
+    assert not any(name.startswith("nvlink_replay") for _, name in rows)  # not in this binding: skipped
+    source.close()
+    assert fake.shut
+
+
+def test_nvml_absent_without_library(monkeypatch):
+    import sys
+
+    from recorder.sources import Nvml
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    assert not Nvml().present
