@@ -37,6 +37,20 @@ def run_job(args: list[str], env: dict[str, str], timeout: float = 240) -> subpr
     return proc
 
 
+def torchrun(nproc: int, script: Path, *args: str) -> list[str]:
+    """Arguments for ``python -m torch.distributed.run`` on this machine, on a free port."""
+    return [
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-port",
+        free_port(),
+        str(script),
+        *args,
+    ]
+
+
 def run_dirs(trace_dir: Path) -> list[Path]:
     return sorted({Path(p).parent for p in glob.glob(str(trace_dir / "*" / "rank=*"))})
 

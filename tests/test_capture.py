@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from conftest import JOBS, WORLD, clean_env, free_port, load_events, rank_meta, run_dirs, run_job
+from conftest import JOBS, WORLD, clean_env, free_port, load_events, rank_meta, run_dirs, run_job, torchrun
 
 DDP_STEPS = 3  # as in jobs/all_ops.py
 PARAMS = 10 * 10 + 10  # nn.Linear(10, 10): one DDP bucket
@@ -214,18 +214,7 @@ def test_torchrun_and_results_bitwise_identical(tmp_path: Path):
         env = clean_env(JOB_OUT=str(out), SECRET_TOKEN="do-not-record-me")
         if mode == "recorded":
             env["COMMTRACE_DIR"] = str(tmp_path / "traces")
-        run_job(
-            [
-                "-m",
-                "torch.distributed.run",
-                "--nproc-per-node",
-                "2",
-                "--master-port",
-                free_port(),
-                str(JOBS / "all_ops.py"),
-            ],
-            env,
-        )
+        run_job(torchrun(2, JOBS / "all_ops.py"), env)
         results[mode] = {r: json.loads((out / f"rank{r}.json").read_text()) for r in range(2)}
     for r in range(2):
         assert results["plain"][r]["params"] == results["recorded"][r]["params"]

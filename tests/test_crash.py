@@ -10,7 +10,7 @@ import time
 
 import pyarrow.parquet as pq
 
-from conftest import JOBS, clean_env, free_port
+from conftest import JOBS, clean_env, torchrun
 
 FLUSH_S = 0.5
 
@@ -24,17 +24,7 @@ def test_kill_9_loses_at_most_one_flush_interval(tmp_path):
     out.mkdir()
     env = clean_env(COMMTRACE_DIR=str(traces), COMMTRACE_FLUSH_S=str(FLUSH_S), JOB_OUT=str(out))
     job = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            free_port(),
-            str(JOBS / "loop.py"),
-            "120",
-        ],
+        [sys.executable, *torchrun(2, JOBS / "loop.py", "120")],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
