@@ -1,8 +1,11 @@
 """``analyze-trace``: the front door to a recorded run.
 
-    analyze-trace summary RUN_DIR [--format table|json|csv]
+    analyze-trace summary RUN_DIR          operations per group: counts, bytes, durations
+    analyze-trace collectives RUN_DIR      bandwidth per group, op and size (nccl-tests busbw)
+    analyze-trace stragglers RUN_DIR       who arrives late, per rank
 
-Exit codes: 0 success; 2 bad input (one line on stderr, no traceback).
+Every subcommand takes ``--format table|json|csv``. Exit codes: 0 success; 2 bad input (one line on
+stderr, no traceback).
 """
 
 from __future__ import annotations
@@ -35,14 +38,40 @@ def _emit(frame: pl.DataFrame, fmt: str, title: str | None = None) -> None:
             print(frame)
 
 
-def cmd_summary(args: argparse.Namespace) -> int:
+def _open(args: argparse.Namespace) -> Run:
     run = Run.open(args.run)
     if args.format == "table":
         print(f"run {run.run_id}: world size {run.world_size}, hosts {', '.join(run.hosts) or '?'}")
         for problem in run.problems:
             print(f"warning: {problem}")
-    _emit(findings.summary(run), args.format, "operations per process group:")
+    return run
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    _emit(findings.summary(_open(args)), args.format, "operations per process group:")
     return 0
+
+
+def cmd_collectives(args: argparse.Namespace) -> int:
+    title = "bandwidth per process group, op and message size (time after the last rank arrived; GB/s = 1e9 B/s):"
+    _emit(findings.collectives(_open(args)), args.format, title)
+    return 0
+
+
+def cmd_stragglers(args: argparse.Namespace) -> int:
+    title = "arrival per rank (lateness = start - the first rank's start; outlier_score > 3.5: a slow rank):"
+    _emit(findings.stragglers(_open(args), args.min_skew_ms), args.format, title)
+    return 0
+
+
+def _command(sub, name: str, func, help_text: str, example: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".", epilog=f"example: {example}"
+    )
+    p.add_argument("run", help="a run directory (<COMMTRACE_DIR>/<run_id>)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.set_defaults(func=func)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,21 +80,38 @@ def build_parser() -> argparse.ArgumentParser:
         description="Explain what the collectives and the network of a recorded distributed PyTorch run did.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser(
+    _command(
+        sub,
         "summary",
-        help="operations per process group: counts, bytes, durations",
-        description="Counts, bytes and durations per process group and operation.",
-        epilog="example: analyze-trace summary traces/20261129-101500-ab12cd",
+        cmd_summary,
+        "operations per process group: counts, bytes, durations",
+        "analyze-trace summary traces/20261129-101500-ab12cd",
     )
-    p.add_argument("run", help="a run directory (<COMMTRACE_DIR>/<run_id>)")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    p.set_defaults(func=cmd_summary)
+    _command(
+        sub,
+        "collectives",
+        cmd_collectives,
+        "bandwidth (algbw, busbw as nccl-tests) and transfer time per group, op and size bucket",
+        "analyze-trace collectives traces/20261129-101500-ab12cd --format csv > bw.csv",
+    )
+    p = _command(
+        sub,
+        "stragglers",
+        cmd_stragglers,
+        "per rank: times last to arrive, mean and p95 lateness, robust outlier score",
+        "analyze-trace stragglers traces/20261129-101500-ab12cd --min-skew-ms 2",
+    )
+    p.add_argument(
+        "--min-skew-ms",
+        type=float,
+        default=1.0,
+        help="count a rank as last only when the arrival skew is at least this (default 1)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except TraceError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from analysis import formulas
 from analysis.load import Run
 
 
@@ -22,3 +23,100 @@ def summary(run: Run) -> pl.DataFrame:
         GROUP BY pg, op
         ORDER BY pg, events DESC, op
     """)
+
+
+def _instances_sql() -> str:
+    """One row per collective instance (pg, seq) whose every member recorded it, completed.
+
+    transfer_ns = last completion - last arrival: the time the data moved once everyone was there
+    (a fast rank's own duration includes waiting for late peers, so it is not used for bandwidth).
+    """
+    return f"""
+        SELECT pg, seq, any_value(op) AS op, {formulas.family_sql("any_value(op)")} AS family,
+               any_value(pg_size) AS pg_size, count(*) AS ranks,
+               max(bytes_in) AS bytes_in, max(bytes_out) AS bytes_out,
+               min(t_start_ns) AS first_start_ns, max(t_start_ns) AS last_start_ns,
+               max(t_end_ns) AS last_end_ns, arg_max(rank, t_start_ns) AS last_rank,
+               bool_and(status = 'ok') AS ok
+        FROM collectives
+        WHERE op NOT IN ('send', 'recv', 'recv_anysource', 'barrier', 'monitored_barrier')
+        GROUP BY pg, seq
+        HAVING count(*) = any_value(pg_size) AND bool_and(t_end_ns IS NOT NULL)
+    """
+
+
+def collectives(run: Run) -> pl.DataFrame:
+    """Per (process group, op family, size bucket): count, bytes, transfer time percentiles, algbw, busbw.
+
+    S and the bus factor follow nccl-tests (see analysis.formulas); algbw = S / t, busbw = algbw x
+    factor(n) with n the group's size; t is each instance's transfer time after the last arrival.
+    Bandwidths are the medians over instances, in GB/s (1e9 B/s).
+    """
+    return run.sql(f"""
+        WITH inst AS ({_instances_sql()}),
+        sized AS (
+            SELECT *, {formulas.message_bytes_sql()} AS size_bytes,
+                   greatest(last_end_ns - last_start_ns, 1) AS transfer_ns,
+                   {formulas.bus_factor_sql()} AS factor
+            FROM inst WHERE ok
+        )
+        SELECT pg, family AS op, pg_size,
+               CAST(pow(2, floor(log2(greatest(size_bytes, 1)))) AS BIGINT) AS size_bucket,
+               count(*) AS count, CAST(sum(size_bytes) AS BIGINT) AS bytes,
+               round(quantile_cont(transfer_ns, 0.5) / 1e6, 4) AS p50_ms,
+               round(quantile_cont(transfer_ns, 0.95) / 1e6, 4) AS p95_ms,
+               round(quantile_cont(transfer_ns, 0.99) / 1e6, 4) AS p99_ms,
+               round(quantile_cont(size_bytes / transfer_ns, 0.5), 6) AS algbw_gbps,
+               round(quantile_cont(size_bytes / transfer_ns * factor, 0.5), 6) AS busbw_gbps
+        FROM sized
+        GROUP BY pg, family, pg_size, size_bucket
+        ORDER BY pg, op, size_bucket
+    """)
+
+
+def straggler_instances(run: Run) -> pl.DataFrame:
+    """Per collective instance: arrival skew (last start - first start), the last arriver, transfer time."""
+    return run.sql(f"""
+        SELECT pg, seq, op, pg_size, last_rank,
+               (last_start_ns - first_start_ns) / 1e6 AS arrival_skew_ms,
+               (last_end_ns - last_start_ns) / 1e6 AS transfer_ms
+        FROM ({_instances_sql()})
+        ORDER BY pg, seq
+    """)
+
+
+def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
+    """Per rank: how often it arrived last, its mean and p95 lateness, and a robust outlier score.
+
+    lateness = this rank's start - the instance's first start. The outlier score is the rank's
+    median lateness against all ranks' (median / MAD, scaled by 1.4826 like a z-score); above 3.5 the
+    rank is late far more than its peers: a slow rank, not a slow network. Only instances with an
+    arrival skew of at least ``min_skew_ms`` count towards times_last.
+    """
+    return run.sql(
+        f"""
+        WITH inst AS ({_instances_sql()}),
+        late AS (
+            SELECT c.rank, c.pg, c.seq, (c.t_start_ns - i.first_start_ns) / 1e6 AS lateness_ms,
+                   (i.last_rank = c.rank AND (i.last_start_ns - i.first_start_ns) / 1e6 >= ?) AS was_last
+            FROM collectives c JOIN inst i USING (pg, seq)
+        ),
+        per_rank AS (
+            SELECT rank, count(*) AS collectives, count(*) FILTER (WHERE was_last) AS times_last,
+                   avg(lateness_ms) AS mean_lateness_ms, quantile_cont(lateness_ms, 0.95) AS p95_lateness_ms,
+                   median(lateness_ms) AS median_lateness_ms
+            FROM late GROUP BY rank
+        ),
+        spread AS (
+            SELECT median(median_lateness_ms) AS center,
+                   median(abs(median_lateness_ms - (SELECT median(median_lateness_ms) FROM per_rank))) AS mad
+            FROM per_rank
+        )
+        SELECT rank, collectives, times_last, round(mean_lateness_ms, 3) AS mean_lateness_ms,
+               round(p95_lateness_ms, 3) AS p95_lateness_ms,
+               round((median_lateness_ms - center) / greatest(1.4826 * mad, 0.05), 2) AS outlier_score
+        FROM per_rank, spread
+        ORDER BY rank
+    """,
+        [min_skew_ms],
+    )

@@ -73,7 +73,11 @@ class Run:
         for rank, offset in offsets:
             self.con.sql("INSERT INTO clock_offsets VALUES (?, ?)", params=[rank, offset])
         files = ", ".join(_sql_string(p) for p in self.segments)
-        self.con.execute(f"CREATE VIEW raw_collectives AS SELECT * FROM read_parquet([{files}], union_by_name = true)")
+        # hive_partitioning off: the rank=NNNNN folders must not replace the files' own (integer) rank.
+        self.con.execute(
+            f"CREATE VIEW raw_collectives AS SELECT * FROM read_parquet([{files}], union_by_name = true, "
+            "hive_partitioning = false)"
+        )
         # One timeline: a rank's timestamps plus its measured offset to rank 0's clock.
         self.con.execute("""
             CREATE VIEW collectives AS

@@ -50,3 +50,14 @@ def test_unreadable_segment_is_reported_not_fatal(tmp_path, spawned):
     proc = _cli("summary", str(run))
     assert proc.returncode == 0, proc.stderr
     assert f"warning: rank=00001/{victim.name}: skipped" in proc.stdout
+
+
+def test_collectives_and_stragglers_without_torch(spawned):
+    proc = _cli("collectives", str(spawned["run"]), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert {"pg", "op", "size_bucket", "algbw_gbps", "busbw_gbps", "p50_ms"} <= set(rows[0])
+    proc = _cli("stragglers", str(spawned["run"]), "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("rank,collectives,times_last")
+    assert len(proc.stdout.splitlines()) == 1 + WORLD

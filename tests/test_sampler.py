@@ -6,9 +6,9 @@ import glob
 import time
 
 import pyarrow.parquet as pq
-from fixtures import sysfs
 
 from conftest import rank_meta
+from fixtures import sysfs
 from recorder.sampler import Election, Sampler
 from recorder.sources import NET_DEV_COLUMNS, host_sources
 

@@ -1,0 +1,77 @@
+"""Hand-made runs in the recorder's exact schema, for known-answer tests of the analysis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recorder.schema import COLLECTIVE_SCHEMA, SCHEMA_VERSION
+
+T0 = 1_800_000_000_000_000_000
+
+
+def event(
+    rank: int,
+    seq: int,
+    op: str,
+    pg_size: int,
+    bytes_in: int,
+    bytes_out: int,
+    start_ns: int,
+    end_ns: int | None,
+    pg: str = "0",
+    **extra,
+) -> dict:
+    row = {f.name: None for f in COLLECTIVE_SCHEMA}
+    row.update(
+        rank=rank,
+        pg=pg,
+        pg_desc="default_pg",
+        pg_size=pg_size,
+        seq=seq,
+        op=op,
+        count=bytes_in // 4,
+        bytes_in=bytes_in,
+        bytes_out=bytes_out,
+        dtype="float32",
+        t_start_ns=start_ns,
+        t_end_ns=end_ns,
+        status="ok" if end_ns is not None else "in_flight",
+        async_op=False,
+        coalesced=False,
+        backend="nccl",
+        device="cuda",
+    )
+    row.update(extra)
+    return row
+
+
+def write_run(
+    run_dir: Path,
+    rows: list[dict],
+    world_size: int,
+    hosts: dict[int, str] | None = None,
+    offsets_ns: dict[int, int] | None = None,
+) -> Path:
+    """One segment and one metadata file per rank, as the recorder lays them out."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps({"run_id": run_dir.name, "world_size": world_size}))
+    for rank in range(world_size):
+        rank_dir = run_dir / f"rank={rank:05d}"
+        rank_dir.mkdir(exist_ok=True)
+        mine = [r for r in rows if r["rank"] == rank]
+        table = pa.Table.from_pylist(mine, schema=COLLECTIVE_SCHEMA).replace_schema_metadata(
+            {"commtrace.schema_version": str(SCHEMA_VERSION), "commtrace.run_id": run_dir.name}
+        )
+        pq.write_table(table, rank_dir / "collectives-1-0000-000000.parquet")
+        meta = {
+            "rank": rank,
+            "world_size": world_size,
+            "host": (hosts or {}).get(rank, "h0"),
+            "clock": {"start": {"offset_ns": (offsets_ns or {}).get(rank, 0)}},
+        }
+        (rank_dir / "rank-1-0000.json").write_text(json.dumps(meta))
+    return run_dir

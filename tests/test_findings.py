@@ -1,0 +1,96 @@
+"""Known answers for the analysis' formulas and findings, on hand-made runs in the recorder's schema."""
+
+from __future__ import annotations
+
+import pytest
+
+from analysis import Run, findings, formulas
+from synthetic import T0, event, write_run
+
+
+def test_nccl_inspector_reduce_scatter_row(tmp_path):
+    """NCCL Inspector's exporter: reduce_scatter, 65536 B per rank, 32 ranks, 110 us."""
+    n, per_rank = 32, 65536
+    rows = [event(r, 0, "reduce_scatter_tensor", n, per_rank * n, per_rank, T0, T0 + 110_000) for r in range(n)]
+    result = findings.collectives(Run.open(write_run(tmp_path / "run", rows, n))).to_dicts()
+    assert len(result) == 1
+    row = result[0]
+    assert row["op"] == "reduce_scatter" and row["bytes"] == per_rank * n
+    assert row["algbw_gbps"] == pytest.approx(19.065, abs=0.001)
+    assert row["busbw_gbps"] == pytest.approx(18.469, abs=0.001)
+
+
+@pytest.mark.parametrize(
+    ("op", "n", "bytes_in", "bytes_out", "size", "factor"),
+    [
+        ("all_reduce", 8, 1 << 20, 1 << 20, 1 << 20, 2 * 7 / 8),
+        ("all_gather_into_tensor", 4, 1 << 18, 1 << 20, 1 << 20, 3 / 4),
+        ("all_to_all_single", 4, 1 << 20, 1 << 20, 1 << 20, 3 / 4),
+        ("broadcast", 16, 1 << 22, 1 << 22, 1 << 22, 1.0),
+    ],
+)
+def test_bus_bandwidth_factors(tmp_path, op, n, bytes_in, bytes_out, size, factor):
+    t_ns = 1_000_000
+    rows = [event(r, 0, op, n, bytes_in, bytes_out, T0, T0 + t_ns) for r in range(n)]
+    row = findings.collectives(Run.open(write_run(tmp_path / "run", rows, n))).to_dicts()[0]
+    assert row["bytes"] == size and row["size_bucket"] == size
+    assert row["algbw_gbps"] == pytest.approx(size / t_ns, abs=0.001)
+    assert row["busbw_gbps"] == pytest.approx(size / t_ns * factor, abs=0.001)
+    assert formulas.bus_factor(formulas.FAMILY[op], n) == pytest.approx(factor)
+
+
+def test_transfer_time_starts_at_the_last_arrival(tmp_path):
+    """A late rank makes the others' durations long; bandwidth uses the time after it arrived."""
+    n, size = 4, 1 << 20
+    rows = []
+    for r in range(n):
+        start = T0 + (50_000_000 if r == 3 else 0)  # rank 3 is 50 ms late
+        rows.append(event(r, 0, "all_reduce", n, size, size, start, T0 + 50_000_000 + 2_000_000))
+    row = findings.collectives(Run.open(write_run(tmp_path / "run", rows, n))).to_dicts()[0]
+    assert row["p50_ms"] == pytest.approx(2.0)
+    assert row["algbw_gbps"] == pytest.approx(size / 2_000_000, abs=1e-3)
+
+
+def test_slow_rank_stands_out(tmp_path):
+    n, late_rank, delay_ns = 4, 2, 5_000_000
+    rows = []
+    for seq in range(50):
+        base = T0 + seq * 100_000_000
+        for r in range(n):
+            start = base + (delay_ns if r == late_rank else r * 10_000)  # others within 30 us
+            rows.append(event(r, seq, "all_reduce", n, 4096, 4096, start, base + delay_ns + 200_000))
+    result = {r["rank"]: r for r in findings.stragglers(Run.open(write_run(tmp_path / "run", rows, n))).to_dicts()}
+    assert result[late_rank]["times_last"] == 50
+    assert result[late_rank]["mean_lateness_ms"] == pytest.approx(5.0, abs=0.01)
+    assert result[late_rank]["outlier_score"] > 3.5
+    assert all(result[r]["times_last"] == 0 and result[r]["outlier_score"] < 3.5 for r in range(n) if r != late_rank)
+
+
+def test_clock_offsets_put_ranks_on_one_timeline(tmp_path):
+    """Rank 1's clock runs 7 ms behind rank 0's: with its measured offset it is not a straggler."""
+    n, offset = 2, 7_000_000
+    rows = []
+    for seq in range(20):
+        base = T0 + seq * 10_000_000
+        rows.append(event(0, seq, "all_reduce", n, 64, 64, base, base + 100_000))
+        rows.append(event(1, seq, "all_reduce", n, 64, 64, base - offset, base - offset + 100_000))
+    run = Run.open(write_run(tmp_path / "run", rows, n, offsets_ns={1: offset}))
+    result = {r["rank"]: r for r in findings.stragglers(run).to_dicts()}
+    assert result[0]["times_last"] == 0 and result[1]["times_last"] == 0
+    assert result[1]["mean_lateness_ms"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_incomplete_instances_are_left_out_of_bandwidth(tmp_path):
+    n = 2
+    rows = [event(0, 0, "all_reduce", n, 64, 64, T0, T0 + 1000), event(1, 0, "all_reduce", n, 64, 64, T0, None)]
+    assert findings.collectives(Run.open(write_run(tmp_path / "run", rows, n))).is_empty()
+
+
+def test_real_trace_collectives(spawned):
+    run = Run.open(spawned["run"])
+    table = findings.collectives(run).to_dicts()
+    ops = {(r["pg"], r["op"]) for r in table}
+    assert ("0", "all_reduce") in ops and ("0", "all_gather") in ops and ("0", "reduce_scatter") in ops
+    assert all(r["busbw_gbps"] > 0 and r["p50_ms"] > 0 for r in table)
+    strag = findings.stragglers(run).to_dicts()
+    assert sorted(r["rank"] for r in strag) == [0, 1, 2, 3]
