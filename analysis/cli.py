@@ -3,6 +3,7 @@
     analyze-trace summary RUN_DIR          operations per group: counts, bytes, durations
     analyze-trace collectives RUN_DIR      bandwidth per group, op and size (nccl-tests busbw)
     analyze-trace stragglers RUN_DIR       who arrives late, per rank
+    analyze-trace hangs RUN_DIR            where a group stopped, who is missing, who disagrees
 
 Every subcommand takes ``--format table|json|csv``. Exit codes: 0 success; 2 bad input (one line on
 stderr, no traceback).
@@ -64,6 +65,27 @@ def cmd_stragglers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hangs(args: argparse.Namespace) -> int:
+    run = _open(args)
+    hung, desynced = findings.hangs(run), findings.desyncs(run)
+    if args.format == "table":
+        if hung.is_empty() and desynced.is_empty():
+            print("no hang and no desync: every member finished every collective it was part of")
+            return 0
+        if not hung.is_empty():
+            _emit(hung, "table", "the first collective of each group that not every member finished:")
+        if not desynced.is_empty():
+            _emit(desynced, "table", "members that disagree at the same seq:")
+        return 0
+    if args.format == "json":
+        import json
+
+        sys.stdout.write(json.dumps({"hangs": hung.to_dicts(), "desyncs": desynced.to_dicts()}) + "\n")
+    else:
+        _emit(hung, "csv")
+    return 0
+
+
 def _command(sub, name: str, func, help_text: str, example: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".", epilog=f"example: {example}"
@@ -106,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="count a rank as last only when the arrival skew is at least this (default 1)",
+    )
+    _command(
+        sub,
+        "hangs",
+        cmd_hangs,
+        "hangs (who never issued or never finished a group's collective) and desyncs (op, size, dtype)",
+        "analyze-trace hangs traces/20261129-101500-ab12cd --format json",
     )
     return parser
 

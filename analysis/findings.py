@@ -120,3 +120,76 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
     """,
         [min_skew_ms],
     )
+
+
+def hangs(run: Run) -> pl.DataFrame:
+    """Per group, the first collective that not every member finished: who never issued it, who is stuck in it.
+
+    Members come from the ranks' metadata (or, failing that, from the ranks seen in the group).
+    missing_ranks issued nothing at that seq; stuck_ranks issued it and never completed it (written as
+    in flight at a dump, a crash or the end). Only ranks that wrote metadata or events can be judged.
+    """
+    return run.sql("""
+        WITH observed AS (SELECT DISTINCT pg, rank FROM collectives WHERE op NOT IN ('send', 'recv', 'recv_anysource')),
+        members AS (
+            SELECT pg, rank FROM group_members WHERE pg IN (SELECT pg FROM observed)
+            UNION SELECT pg, rank FROM observed WHERE pg NOT IN (SELECT pg FROM group_members)
+        ),
+        ops AS (
+            SELECT pg, seq, rank, op, t_end_ns IS NOT NULL AND status = 'ok' AS done
+            FROM collectives WHERE op NOT IN ('send', 'recv', 'recv_anysource')
+        ),
+        grid AS (
+            SELECT m.pg, s.seq, m.rank, o.op, coalesce(o.done, false) AS done, o.rank IS NOT NULL AS issued
+            FROM members m
+            JOIN (SELECT DISTINCT pg, seq FROM ops) s USING (pg)
+            LEFT JOIN ops o ON o.pg = m.pg AND o.seq = s.seq AND o.rank = m.rank
+        ),
+        unfinished AS (
+            SELECT pg, seq, any_value(op) FILTER (WHERE op IS NOT NULL) AS op,
+                   list(rank ORDER BY rank) FILTER (WHERE NOT issued) AS missing_ranks,
+                   list(rank ORDER BY rank) FILTER (WHERE issued AND NOT done) AS stuck_ranks
+            FROM grid GROUP BY pg, seq
+            HAVING bool_or(NOT done)
+        )
+        SELECT pg, seq, op, coalesce(missing_ranks, []) AS missing_ranks, coalesce(stuck_ranks, []) AS stuck_ranks
+        FROM unfinished
+        QUALIFY row_number() OVER (PARTITION BY pg ORDER BY seq) = 1
+        ORDER BY pg
+    """)
+
+
+def desyncs(run: Run) -> pl.DataFrame:
+    """Collectives where members disagree at the same seq on the op, the size or the dtype.
+
+    The culprit is the rank whose (op, size, dtype) the fewest members share (gather and scatter are
+    compared on what every member sends or receives, not the root's whole buffer; all_to_all sizes
+    are not compared, uneven splits being legal).
+    """
+    return run.sql("""
+        WITH sig AS (
+            SELECT pg, seq, rank, op, dtype,
+                   CASE WHEN op = 'scatter' THEN bytes_out
+                        WHEN op IN ('all_to_all', 'all_to_all_single') THEN NULL  -- uneven splits are legal
+                        ELSE bytes_in END AS size
+            FROM collectives WHERE op NOT IN ('send', 'recv', 'recv_anysource')
+        ),
+        counted AS (
+            SELECT *, count(*) OVER (PARTITION BY pg, seq, op, size, dtype) AS agreeing,
+                   count(DISTINCT op) OVER (PARTITION BY pg, seq) AS ops,
+                   count(*) OVER (PARTITION BY pg, seq) AS members
+            FROM sig
+        ),
+        flagged AS (
+            SELECT pg, seq,
+                   count(DISTINCT op) AS ops, count(DISTINCT size) AS sizes, count(DISTINCT dtype) AS dtypes,
+                   arg_min(rank, agreeing) AS culprit_rank, arg_min(op, agreeing) AS culprit_op,
+                   arg_max(op, agreeing) AS expected_op
+            FROM counted GROUP BY pg, seq
+            HAVING count(DISTINCT op) > 1 OR count(DISTINCT size) > 1 OR count(DISTINCT dtype) > 1
+        )
+        SELECT pg, seq, culprit_rank,
+               CASE WHEN ops > 1 THEN 'op' WHEN sizes > 1 THEN 'size' ELSE 'dtype' END AS kind,
+               expected_op, culprit_op
+        FROM flagged ORDER BY pg, seq
+    """)

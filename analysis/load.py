@@ -72,6 +72,15 @@ class Run:
         self.con.execute("CREATE TABLE clock_offsets (rank INTEGER, offset_ns BIGINT)")
         for rank, offset in offsets:
             self.con.sql("INSERT INTO clock_offsets VALUES (?, ?)", params=[rank, offset])
+        # Group membership as each rank wrote it: who should take part in a group's collectives.
+        self.con.execute("CREATE TABLE group_members (pg VARCHAR, rank INTEGER)")
+        members = set()
+        for meta in self.ranks.values():
+            for group in meta.get("process_groups") or []:
+                if isinstance(group, dict) and isinstance(group.get("ranks"), list):
+                    members.update((str(group.get("pg")), int(r)) for r in group["ranks"] if isinstance(r, int))
+        for pg, rank in sorted(members):
+            self.con.sql("INSERT INTO group_members VALUES (?, ?)", params=[pg, rank])
         files = ", ".join(_sql_string(p) for p in self.segments)
         # hive_partitioning off: the rank=NNNNN folders must not replace the files' own (integer) rank.
         self.con.execute(

@@ -61,3 +61,11 @@ def test_collectives_and_stragglers_without_torch(spawned):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].startswith("rank,collectives,times_last")
     assert len(proc.stdout.splitlines()) == 1 + WORLD
+
+
+def test_hangs_on_a_healthy_run(spawned):
+    proc = _cli("hangs", str(spawned["run"]), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"hangs": [], "desyncs": []}
+    proc = _cli("hangs", str(spawned["run"]))
+    assert "no hang and no desync" in proc.stdout

@@ -94,3 +94,60 @@ def test_real_trace_collectives(spawned):
     assert all(r["busbw_gbps"] > 0 and r["p50_ms"] > 0 for r in table)
     strag = findings.stragglers(run).to_dicts()
     assert sorted(r["rank"] for r in strag) == [0, 1, 2, 3]
+    assert findings.hangs(run).is_empty(), findings.hangs(run)  # every rank finished everything
+    assert findings.desyncs(run).is_empty(), findings.desyncs(run)
+
+
+def _healthy(n: int, seqs: range, op: str = "all_reduce", size: int = 4096) -> list[dict]:
+    return [
+        event(r, s, op, n, size, size, T0 + s * 1_000_000, T0 + s * 1_000_000 + 100_000) for s in seqs for r in range(n)
+    ]
+
+
+def _members(run_dir, n):
+    """Write the group's membership into each rank's metadata, as the recorder does."""
+    import json
+
+    for r in range(n):
+        path = run_dir / f"rank={r:05d}" / "rank-1-0000.json"
+        meta = json.loads(path.read_text())
+        meta["process_groups"] = [{"pg": "0", "ranks": list(range(n))}]
+        path.write_text(json.dumps(meta))
+
+
+def test_hang_names_the_missing_rank_and_the_stuck_ones(tmp_path):
+    n = 4
+    rows = _healthy(n, range(10))
+    rows += [event(r, 10, "all_reduce", n, 4096, 4096, T0 + 10_000_000, None) for r in (0, 1, 3)]
+    run_dir = write_run(tmp_path / "run", rows, n)
+    _members(run_dir, n)
+    result = findings.hangs(Run.open(run_dir)).to_dicts()
+    assert result == [{"pg": "0", "seq": 10, "op": "all_reduce", "missing_ranks": [2], "stuck_ranks": [0, 1, 3]}]
+
+
+def test_a_rank_that_never_started_the_group_is_missing(tmp_path):
+    n = 3
+    rows = [e for e in _healthy(n, range(3)) if e["rank"] != 1 or e["seq"] < 2]
+    rows = [dict(e, t_end_ns=None, status="in_flight") if e["seq"] == 2 else e for e in rows]
+    run_dir = write_run(tmp_path / "run", rows, n)
+    _members(run_dir, n)
+    (hang,) = findings.hangs(Run.open(run_dir)).to_dicts()
+    assert (hang["seq"], hang["missing_ranks"], hang["stuck_ranks"]) == (2, [1], [0, 2])
+
+
+def test_healthy_run_has_no_hang_or_desync(tmp_path):
+    run_dir = write_run(tmp_path / "run", _healthy(4, range(20)), 4)
+    _members(run_dir, 4)
+    run = Run.open(run_dir)
+    assert findings.hangs(run).is_empty() and findings.desyncs(run).is_empty()
+
+
+def test_desync_names_the_culprit(tmp_path):
+    n = 4
+    rows = _healthy(n, range(8))
+    rows = [dict(e, op="broadcast") if (e["seq"], e["rank"]) == (3, 2) else e for e in rows]
+    rows = [dict(e, bytes_in=8192) if (e["seq"], e["rank"]) == (5, 0) else e for e in rows]
+    rows = [dict(e, dtype="bfloat16") if (e["seq"], e["rank"]) == (6, 1) else e for e in rows]
+    result = findings.desyncs(Run.open(write_run(tmp_path / "run", rows, n))).to_dicts()
+    assert [(r["seq"], r["culprit_rank"], r["kind"]) for r in result] == [(3, 2, "op"), (5, 0, "size"), (6, 1, "dtype")]
+    assert result[0]["expected_op"] == "all_reduce" and result[0]["culprit_op"] == "broadcast"
