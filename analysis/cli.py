@@ -4,6 +4,7 @@
     analyze-trace collectives RUN_DIR      bandwidth per group, op and size (nccl-tests busbw)
     analyze-trace stragglers RUN_DIR       who arrives late, per rank
     analyze-trace hangs RUN_DIR            where a group stopped, who is missing, who disagrees
+    analyze-trace network RUN_DIR          what the wire did: interfaces, TCP loss, RDMA counters
 
 Every subcommand takes ``--format table|json|csv``. Exit codes: 0 success; 2 bad input (one line on
 stderr, no traceback).
@@ -86,6 +87,32 @@ def cmd_hangs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_network(args: argparse.Namespace) -> int:
+    run = _open(args)
+    parts = {"interfaces": findings.network(run), "tcp": findings.tcp_loss(run), "rdma": findings.rdma(run)}
+    if args.format == "json":
+        import json
+
+        sys.stdout.write(json.dumps({k: v.to_dicts() for k, v in parts.items()}, default=str) + "\n")
+        return 0
+    if args.format == "csv":
+        _emit(parts["interfaces"], "csv")
+        return 0
+    titles = {
+        "interfaces": "per host and interface (/proc/net/dev between samples):",
+        "tcp": "TCP retransmissions (host: segments, /proc/net/snmp; connections: bytes, sock_diag):",
+        "rdma": "RDMA ports (bytes from 4-byte words; the error and congestion counters that moved):",
+    }
+    shown = False
+    for key, frame in parts.items():
+        if not frame.is_empty():
+            _emit(frame, "table", titles[key])
+            shown = True
+    if not shown:
+        print("no counter samples in this run (the sampler was off, or no rank held a host's sampler)")
+    return 0
+
+
 def _command(sub, name: str, func, help_text: str, example: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".", epilog=f"example: {example}"
@@ -128,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="count a rank as last only when the arrival skew is at least this (default 1)",
+    )
+    _command(
+        sub,
+        "network",
+        cmd_network,
+        "per host: interface throughput, errors and drops, TCP retransmission rate, RDMA counters",
+        "analyze-trace network traces/20261129-101500-ab12cd",
     )
     _command(
         sub,

@@ -193,3 +193,92 @@ def desyncs(run: Run) -> pl.DataFrame:
                expected_op, culprit_op
         FROM flagged ORDER BY pg, seq
     """)
+
+
+def network(run: Run) -> pl.DataFrame:
+    """Per host and interface: bytes moved, mean and peak throughput, errors and drops.
+
+    From /proc/net/dev deltas between samples; throughput in Gbit/s over each sampling interval.
+    """
+    return run.sql("""
+        WITH d AS (
+            SELECT host, device AS interface, counter, delta, bytes, (t1_ns - t0_ns) / 1e9 AS seconds, t1_ns
+            FROM counter_deltas WHERE source = 'net_dev'
+        ),
+        per_interval AS (
+            SELECT host, interface, t1_ns, any_value(seconds) AS seconds,
+                   sum(bytes) FILTER (WHERE counter = 'tx_bytes') AS tx,
+                   sum(bytes) FILTER (WHERE counter = 'rx_bytes') AS rx,
+                   sum(delta) FILTER (WHERE counter IN ('rx_errs', 'tx_errs', 'rx_frame', 'tx_carrier')) AS errors,
+                   sum(delta) FILTER (WHERE counter IN ('rx_drop', 'tx_drop', 'rx_fifo', 'tx_fifo')) AS drops,
+                   sum(delta) FILTER (WHERE counter IN ('rx_packets', 'tx_packets')) AS packets
+            FROM d GROUP BY host, interface, t1_ns
+        )
+        SELECT host, interface,
+               CAST(sum(tx) AS BIGINT) AS tx_bytes, CAST(sum(rx) AS BIGINT) AS rx_bytes,
+               round(sum(tx) * 8 / 1e9 / nullif(sum(seconds), 0), 6) AS mean_tx_gbitps,
+               round(max(tx * 8 / 1e9 / nullif(seconds, 0)), 6) AS peak_tx_gbitps,
+               round(max(rx * 8 / 1e9 / nullif(seconds, 0)), 6) AS peak_rx_gbitps,
+               CAST(sum(errors) AS BIGINT) AS errors, CAST(sum(drops) AS BIGINT) AS drops,
+               round(100.0 * sum(errors + drops) / nullif(sum(packets), 0), 6) AS error_drop_pct
+        FROM per_interval
+        GROUP BY host, interface
+        HAVING sum(tx) > 0 OR sum(rx) > 0 OR sum(errors) > 0 OR sum(drops) > 0
+        ORDER BY host, interface
+    """)
+
+
+def tcp_loss(run: Run) -> pl.DataFrame:
+    """TCP retransmission rate as the loss figure on TCP transports, per host and per connection.
+
+    Per host: dRetransSegs / dOutSegs from /proc/net/snmp, and the timeouts. Per connection (the job's
+    own, from sock_diag): retransmitted bytes over bytes sent, and the last smoothed RTT.
+    """
+    return run.sql("""
+        WITH host_level AS (
+            SELECT host, 'all' AS connection, 'segments' AS unit,
+                   sum(delta) FILTER (WHERE counter = 'RetransSegs') AS retrans,
+                   sum(delta) FILTER (WHERE counter = 'OutSegs') AS sent,
+                   sum(delta) FILTER (WHERE counter = 'TCPTimeouts') AS timeouts
+            FROM counter_deltas WHERE source IN ('snmp', 'netstat') GROUP BY host
+        ),
+        conn_level AS (
+            SELECT host, device AS connection, 'bytes' AS unit,
+                   sum(delta) FILTER (WHERE counter = 'bytes_retrans') AS retrans,
+                   sum(delta) FILTER (WHERE counter = 'bytes_sent') AS sent,
+                   NULL::BIGINT AS timeouts
+            FROM counter_deltas WHERE source = 'tcp_conn' GROUP BY host, device
+        ),
+        rtt AS (
+            SELECT host, device AS connection, arg_max(value, t_ns) AS rtt_us
+            FROM samples WHERE source = 'tcp_conn' AND counter = 'rtt_us' GROUP BY host, device
+        )
+        SELECT l.host, l.connection, l.unit, CAST(l.retrans AS BIGINT) AS retransmitted,
+               CAST(l.sent AS BIGINT) AS sent, CAST(l.timeouts AS BIGINT) AS timeouts,
+               round(100.0 * l.retrans / nullif(l.sent, 0), 4) AS tcp_retrans_pct, r.rtt_us
+        FROM (SELECT * FROM host_level UNION ALL SELECT * FROM conn_level) l
+        LEFT JOIN rtt r USING (host, connection)
+        WHERE l.sent > 0 OR l.retrans > 0
+        ORDER BY l.host, l.connection = 'all' DESC, l.connection
+    """)
+
+
+def rdma(run: Run) -> pl.DataFrame:
+    """Per host, RDMA device and port: bytes moved (4-byte words scaled) and every error or congestion
+    counter that moved during the run (RoCE out_of_sequence, CNPs, EFA retransmissions ...)."""
+    return run.sql("""
+        SELECT host, device, port,
+               CAST(sum(bytes) FILTER (WHERE counter = 'port_xmit_data') AS BIGINT) AS tx_bytes,
+               CAST(sum(bytes) FILTER (WHERE counter = 'port_rcv_data') AS BIGINT) AS rx_bytes,
+               map_from_entries(list({'k': counter, 'v': total} ORDER BY counter)
+                   FILTER (WHERE total > 0 AND counter NOT IN ('port_xmit_data', 'port_rcv_data')
+                           AND counter NOT LIKE '%packets' AND counter NOT LIKE '%bytes'
+                           AND counter NOT LIKE '%_wrs' AND counter NOT LIKE '%pkts'))
+                   AS moved_counters
+        FROM (
+            SELECT host, device, port, counter, CAST(sum(delta) AS BIGINT) AS total, sum(bytes) AS bytes
+            FROM counter_deltas WHERE source = 'rdma' GROUP BY ALL
+        )
+        GROUP BY host, device, port
+        ORDER BY host, device, port
+    """)

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1  # the newest trace schema this analysis understands
 REQUIRED_COLUMNS = {"rank", "pg", "seq", "op", "bytes_in", "bytes_out", "t_start_ns", "t_end_ns", "status"}
+SAMPLE_COLUMNS = {"t_ns", "host", "source", "device", "counter", "value"}
 
 
 class TraceError(Exception):
@@ -87,6 +88,7 @@ class Run:
             f"CREATE VIEW raw_collectives AS SELECT * FROM read_parquet([{files}], union_by_name = true, "
             "hive_partitioning = false)"
         )
+        self._create_sample_views()
         # One timeline: a rank's timestamps plus its measured offset to rank 0's clock.
         self.con.execute("""
             CREATE VIEW collectives AS
@@ -94,6 +96,57 @@ class Run:
                                 c.t_end_ns + coalesce(o.offset_ns, 0) AS t_end_ns),
                    (c.t_end_ns - c.t_start_ns) / 1e6 AS duration_ms
             FROM raw_collectives c LEFT JOIN clock_offsets o USING (rank)
+        """)
+
+    def _create_sample_views(self) -> None:
+        """``samples``: the hosts' raw counters; ``counter_deltas``: per interval, wraps and resets handled.
+
+        A decrease of a counter whose previous value fits in 32 bits is a wrap (delta mod 2^32), any
+        other decrease a reset (the delta is the new value). ``port_xmit_data``/``port_rcv_data``
+        count 4-byte words; ``bytes`` holds the delta in bytes where the counter counts bytes.
+        """
+        files = []
+        for path in sorted(glob.glob(os.path.join(self.path, "host=*", "nic-*.parquet"))):
+            reason = _check_segment(path, SAMPLE_COLUMNS)
+            if reason is None:
+                files.append(path)
+            else:
+                self.problems.append(f"{os.path.relpath(path, self.path)}: skipped ({reason})")
+        if files:
+            listed = ", ".join(_sql_string(p) for p in files)
+            self.con.execute(
+                f"CREATE VIEW samples AS SELECT * FROM read_parquet([{listed}], union_by_name = true, "
+                "hive_partitioning = false)"
+            )
+        else:
+            self.con.execute(
+                "CREATE TABLE samples (t_ns BIGINT, host VARCHAR, source VARCHAR, device VARCHAR, port INTEGER, "
+                "counter VARCHAR, value BIGINT, text VARCHAR)"
+            )
+        self.con.execute("""
+            CREATE VIEW counter_deltas AS
+            WITH ordered AS (
+                SELECT host, source, device, port, counter, t_ns, value,
+                       lag(value) OVER w AS prev_value, lag(t_ns) OVER w AS prev_t_ns
+                FROM samples WHERE value IS NOT NULL
+                WINDOW w AS (PARTITION BY host, source, device, port, counter ORDER BY t_ns)
+            ),
+            deltas AS (
+                SELECT *, CASE
+                    WHEN value >= prev_value THEN value - prev_value
+                    WHEN prev_value < 4294967296 THEN value + 4294967296 - prev_value  -- 32-bit wrap
+                    ELSE value                                                            -- reset
+                END AS delta
+                FROM ordered WHERE prev_value IS NOT NULL
+            )
+            SELECT host, source, device, port, counter, prev_t_ns AS t0_ns, t_ns AS t1_ns, delta,
+                   CASE WHEN counter IN ('port_xmit_data', 'port_rcv_data') THEN delta * 4
+                        WHEN counter IN ('rx_bytes', 'tx_bytes', 'bytes_sent', 'bytes_received',
+                                         'bytes_retrans', 'bytes_acked', 'pcie_tx_bytes', 'pcie_rx_bytes')
+                             THEN delta
+                        WHEN counter IN ('nvlink_tx_kib', 'nvlink_rx_kib') THEN delta * 1024
+                   END AS bytes
+            FROM deltas
         """)
 
     @property
@@ -130,7 +183,7 @@ def _read_json(path: str, problems: list[str]):
         return None
 
 
-def _check_segment(path: str) -> str | None:
+def _check_segment(path: str, required: set[str] = REQUIRED_COLUMNS) -> str | None:
     try:
         meta = pq.read_metadata(path)
     except Exception as exc:
@@ -144,7 +197,7 @@ def _check_segment(path: str) -> str | None:
             return f"schema version {int(version)} is newer than this analysis ({SCHEMA_VERSION}); upgrade commtrace"
     except ValueError:
         return "unreadable schema version"
-    missing = REQUIRED_COLUMNS - set(meta.schema.names)
+    missing = required - set(meta.schema.names)
     if missing:
         return f"missing columns {sorted(missing)}"
     return None

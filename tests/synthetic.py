@@ -75,3 +75,19 @@ def write_run(
         }
         (rank_dir / "rank-1-0000.json").write_text(json.dumps(meta))
     return run_dir
+
+
+def write_samples(run_dir: Path, host: str, rows: list[tuple]) -> None:
+    """rows: (t_ns, source, device, port, counter, value) as the sampler writes them."""
+    from recorder.schema import SAMPLE_SCHEMA
+
+    folder = run_dir / f"host={host}"
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(
+        [
+            {"t_ns": t, "host": host, "source": s, "device": d, "port": p, "counter": c, "value": v, "text": None}
+            for t, s, d, p, c, v in rows
+        ],
+        schema=SAMPLE_SCHEMA,
+    ).replace_schema_metadata({"commtrace.schema_version": str(SCHEMA_VERSION)})
+    pq.write_table(table, folder / "nic-1-0000-000000.parquet")

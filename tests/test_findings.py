@@ -151,3 +151,45 @@ def test_desync_names_the_culprit(tmp_path):
     result = findings.desyncs(Run.open(write_run(tmp_path / "run", rows, n))).to_dicts()
     assert [(r["seq"], r["culprit_rank"], r["kind"]) for r in result] == [(3, 2, "op"), (5, 0, "size"), (6, 1, "dtype")]
     assert result[0]["expected_op"] == "all_reduce" and result[0]["culprit_op"] == "broadcast"
+
+
+def test_network_counters_wrap_reset_and_units(tmp_path):
+    from synthetic import write_samples
+
+    run_dir = write_run(tmp_path / "run", _healthy(2, range(3)), 2)
+    s = 1_000_000_000
+    write_samples(
+        run_dir,
+        "h0",
+        [
+            # eth0: 1.25 GB out in the first second, 2.5 GB in the next (10 and 20 Gbit/s); 3 drops
+            (T0, "net_dev", "eth0", None, "tx_bytes", 1000),
+            (T0 + s, "net_dev", "eth0", None, "tx_bytes", 1_250_001_000),
+            (T0 + 2 * s, "net_dev", "eth0", None, "tx_bytes", 3_750_001_000),
+            (T0, "net_dev", "eth0", None, "rx_drop", 5),
+            (T0 + s, "net_dev", "eth0", None, "rx_drop", 8),
+            (T0 + 2 * s, "net_dev", "eth0", None, "rx_drop", 8),
+            # a 32-bit PMA counter that wraps (in 4-byte words) and a 64-bit one that resets
+            (T0, "rdma", "mlx5_0", 1, "port_xmit_data", 2**32 - 10),
+            (T0 + s, "rdma", "mlx5_0", 1, "port_xmit_data", 30),
+            (T0, "rdma", "mlx5_0", 1, "port_rcv_data", 2**40),
+            (T0 + s, "rdma", "mlx5_0", 1, "port_rcv_data", 100),
+            (T0, "rdma", "mlx5_0", 1, "out_of_sequence", 2),
+            (T0 + s, "rdma", "mlx5_0", 1, "out_of_sequence", 7),
+            # TCP: 1000 segments sent, 20 retransmitted
+            (T0, "snmp", "Tcp", None, "OutSegs", 5000),
+            (T0 + s, "snmp", "Tcp", None, "OutSegs", 6000),
+            (T0, "snmp", "Tcp", None, "RetransSegs", 100),
+            (T0 + s, "snmp", "Tcp", None, "RetransSegs", 120),
+        ],
+    )
+    run = Run.open(run_dir)
+    (eth0,) = findings.network(run).to_dicts()
+    assert eth0["tx_bytes"] == 3_750_000_000 and eth0["drops"] == 3
+    assert eth0["mean_tx_gbitps"] == pytest.approx(15.0) and eth0["peak_tx_gbitps"] == pytest.approx(20.0)
+    (port,) = findings.rdma(run).to_dicts()
+    assert port["tx_bytes"] == 40 * 4  # wrapped: 10 + 30 words of 4 bytes
+    assert port["rx_bytes"] == 100 * 4  # reset: counted from zero again
+    assert dict(port["moved_counters"]) == {"out_of_sequence": 5}
+    (tcp,) = findings.tcp_loss(run).to_dicts()
+    assert (tcp["connection"], tcp["unit"], tcp["tcp_retrans_pct"]) == ("all", "segments", pytest.approx(2.0))

@@ -75,3 +75,11 @@ def test_each_host_sees_its_ranks_bytes_on_its_interface(tmp_trace):
         sent = sum(c["bytes_sent"] for c in to_peer.values())
         assert 0.98 * expected <= sent <= 1.1 * expected, (host, sent, expected)
         assert all({"rtt_us", "total_retrans", "bytes_retrans", "delivery_rate"} <= set(c) for c in to_peer.values())
+    # The analysis reads the same story from the samples.
+    from analysis import Run, findings
+
+    interfaces = {(r["host"], r["interface"]): r for r in findings.network(Run.open(run)).to_dicts()}
+    for host in hosts.values():
+        eth0 = interfaces[(host, "eth0")]
+        assert 0.98 * expected <= eth0["tx_bytes"] <= 1.15 * expected
+        assert eth0["errors"] == 0 and eth0["drops"] == 0
