@@ -440,6 +440,11 @@ class Session:
             except Exception:
                 return
         self._join_startup(STARTUP_SYNC_S)
+        if self.sampler is not None:
+            try:
+                self.sampler.sample_now()
+            except Exception as exc:
+                warn_once("sampler:last", "the last network sample before shutdown was not taken: %r", exc)
         if self.config.clock_sync and self.world_size and self.world_size > 1 and self.writer is not None:
             self._sync_clock("end", timeout_s=5.0)
         self.close()

@@ -17,8 +17,7 @@ def main() -> None:
     t = torch.ones(int(megabytes * 1e6 / 4))
     for _ in range(iterations):
         dist.all_reduce(t)
-    dist.barrier()
-    time.sleep(0.3)
+    dist.barrier()  # no pause before destroy: the sampler's last look comes from destroy_process_group
     dist.destroy_process_group()
 
 
