@@ -5,6 +5,7 @@
     analyze-trace stragglers RUN_DIR       who arrives late, per rank
     analyze-trace hangs RUN_DIR            where a group stopped, who is missing, who disagrees
     analyze-trace network RUN_DIR          what the wire did: interfaces, TCP loss, RDMA counters
+    analyze-trace sql RUN_DIR "SELECT ..." an ad-hoc query over the run's views
 
 Every subcommand takes ``--format table|json|csv``. Exit codes: 0 success; 2 bad input (one line on
 stderr, no traceback).
@@ -113,6 +114,16 @@ def cmd_network(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sql(args: argparse.Namespace) -> int:
+    run = _open(args)
+    try:
+        frame = run.sql(args.query)
+    except Exception as exc:  # duckdb's errors are the user's query errors: one line, exit 2
+        raise TraceError(f"query failed: {str(exc).splitlines()[0]}") from exc
+    _emit(frame, args.format)
+    return 0
+
+
 def _command(sub, name: str, func, help_text: str, example: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".", epilog=f"example: {example}"
@@ -163,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
         "per host: interface throughput, errors and drops, TCP retransmission rate, RDMA counters",
         "analyze-trace network traces/20261129-101500-ab12cd",
     )
+    p = _command(
+        sub,
+        "sql",
+        cmd_sql,
+        "run a query over the views collectives, raw_collectives, samples, counter_deltas, group_members",
+        'analyze-trace sql RUN "SELECT op, count(*) FROM collectives WHERE rank = 3 GROUP BY op"',
+    )
+    p.add_argument("query", help="a DuckDB SQL query")
     _command(
         sub,
         "hangs",

@@ -69,3 +69,12 @@ def test_hangs_on_a_healthy_run(spawned):
     assert json.loads(proc.stdout) == {"hangs": [], "desyncs": []}
     proc = _cli("hangs", str(spawned["run"]))
     assert "no hang and no desync" in proc.stdout
+
+
+def test_sql_over_the_views(spawned):
+    proc = _cli("sql", str(spawned["run"]), "SELECT count(DISTINCT rank) AS ranks FROM collectives", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [{"ranks": WORLD}]
+    proc = _cli("sql", str(spawned["run"]), "SELECT nonsense FROM nowhere")
+    assert proc.returncode == 2 and proc.stderr.startswith("analyze-trace: query failed:")
+    assert len(proc.stderr.strip().splitlines()) == 1
