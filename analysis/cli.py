@@ -6,6 +6,7 @@
     analyze-trace hangs RUN_DIR            where a group stopped, who is missing, who disagrees
     analyze-trace network RUN_DIR          what the wire did: interfaces, TCP loss, RDMA counters
     analyze-trace sql RUN_DIR "SELECT ..." an ad-hoc query over the run's views
+    analyze-trace export RUN_DIR -o trace.json   Chrome/Perfetto trace of every rank
 
 Every subcommand takes ``--format table|json|csv``. Exit codes: 0 success; 2 bad input (one line on
 stderr, no traceback).
@@ -114,6 +115,15 @@ def cmd_network(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from analysis import export
+
+    run = Run.open(args.run)
+    count = export.write(run, args.output, overwrite=args.force)
+    print(f"wrote {count} trace events to {args.output} (open it in https://ui.perfetto.dev)")
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     run = _open(args)
     try:
@@ -182,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
         'analyze-trace sql RUN "SELECT op, count(*) FROM collectives WHERE rank = 3 GROUP BY op"',
     )
     p.add_argument("query", help="a DuckDB SQL query")
+    p = sub.add_parser(
+        "export",
+        help="Chrome/Perfetto trace-event JSON: a track per rank, collectives as slices, NIC throughput",
+        description="Write a Chrome/Perfetto trace of the run: a track per rank and process group, "
+        "collectives as slices, each host's interface throughput as counter tracks.",
+        epilog="example: analyze-trace export traces/20261129-101500-ab12cd -o run.json",
+    )
+    p.add_argument("run", help="a run directory (<COMMTRACE_DIR>/<run_id>)")
+    p.add_argument("-o", "--output", required=True, help="the JSON file to write")
+    p.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    p.set_defaults(func=cmd_export)
     _command(
         sub,
         "hangs",

@@ -78,3 +78,20 @@ def test_sql_over_the_views(spawned):
     proc = _cli("sql", str(spawned["run"]), "SELECT nonsense FROM nowhere")
     assert proc.returncode == 2 and proc.stderr.startswith("analyze-trace: query failed:")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_export_perfetto_trace(spawned, tmp_path):
+    out = tmp_path / "trace.json"
+    proc = _cli("export", str(spawned["run"]), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    trace = json.loads(out.read_text())
+    slices = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert len(slices) == len(spawned["rows"])
+    assert {e["pid"] for e in slices} == set(range(WORLD))
+    assert all(e["dur"] >= 0 and e["ts"] >= 0 and e["name"] for e in slices)
+    names = {e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "process_name"}
+    assert {f"rank {r}" for r in range(WORLD)} <= {n.split(" (")[0] for n in names}
+    assert any(e["ph"] == "C" for e in trace["traceEvents"])  # the host's loopback throughput
+    before = out.read_bytes()
+    again = _cli("export", str(spawned["run"]), "-o", str(out))
+    assert again.returncode == 2 and "exists" in again.stderr and out.read_bytes() == before
