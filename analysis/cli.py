@@ -7,9 +7,10 @@
     analyze-trace network RUN_DIR          what the wire did: interfaces, TCP loss, RDMA counters
     analyze-trace sql RUN_DIR "SELECT ..." an ad-hoc query over the run's views
     analyze-trace export RUN_DIR -o trace.json   Chrome/Perfetto trace of every rank
+    analyze-trace diagnose RUN_DIR [--fail-on-problem]   everything that was flagged
 
-Every subcommand takes ``--format table|json|csv``. Exit codes: 0 success; 2 bad input (one line on
-stderr, no traceback).
+Every subcommand takes ``--format table|json|csv``. Exit codes: 0 success; 1 when ``diagnose
+--fail-on-problem`` flags something; 2 bad input (one line on stderr, no traceback).
 """
 
 from __future__ import annotations
@@ -115,6 +116,29 @@ def cmd_network(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    import json
+
+    from analysis import diagnose
+
+    run = Run.open(args.run)
+    report = diagnose.diagnose(run)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(report, default=str) + "\n")
+    else:
+        print(f"run {report['run_id']}: world size {report['world_size']}, hosts {', '.join(report['hosts'])}")
+        for problem in report["problems"]:
+            print(f"warning: {problem}")
+        found = False
+        for key in ("dead_ranks", "hangs", "desyncs", "stragglers", "slow_links", "packet_loss"):
+            if report[key]:
+                found = True
+                _emit(pl.DataFrame(report[key]), "table" if args.format == "table" else "csv", f"{key}:")
+        if not found:
+            print("nothing flagged: no straggler, slow link, packet loss, hang, desync or dead rank")
+    return 1 if args.fail_on_problem and diagnose.flagged(report) else 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from analysis import export
 
@@ -192,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
         'analyze-trace sql RUN "SELECT op, count(*) FROM collectives WHERE rank = 3 GROUP BY op"',
     )
     p.add_argument("query", help="a DuckDB SQL query")
+    p = _command(
+        sub,
+        "diagnose",
+        cmd_diagnose,
+        "every finding, reduced to what was flagged (the JSON contract is in analysis/diagnose.py)",
+        "analyze-trace diagnose traces/20261129-101500-ab12cd --format json --fail-on-problem",
+    )
+    p.add_argument("--fail-on-problem", action="store_true", help="exit 1 when anything is flagged")
     p = sub.add_parser(
         "export",
         help="Chrome/Perfetto trace-event JSON: a track per rank, collectives as slices, NIC throughput",

@@ -55,6 +55,13 @@ def test_kill_9_loses_at_most_one_flush_interval(tmp_path):
     last_killed_seq = max(max(t.column("seq").to_pylist()) for t in killed)
     assert [r["seq"] for r in survivor] == list(range(len(survivor)))
     assert survivor[-1]["seq"] >= last_killed_seq
+    # diagnose names the killed rank, with its last operation.
+    from analysis import Run, diagnose
+
+    (run_dir,) = [p for p in traces.iterdir() if p.is_dir()]
+    dead = diagnose.diagnose(Run.open(run_dir))["dead_ranks"]
+    assert [(d["rank"], d["last_op"]) for d in dead] == [(1, "all_reduce")]
+    assert dead[0]["last_seq"] >= last_killed_seq
 
 
 SIGTERM_JOB = """

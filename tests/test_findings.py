@@ -193,3 +193,56 @@ def test_network_counters_wrap_reset_and_units(tmp_path):
     assert dict(port["moved_counters"]) == {"out_of_sequence": 5}
     (tcp,) = findings.tcp_loss(run).to_dicts()
     assert (tcp["connection"], tcp["unit"], tcp["tcp_retrans_pct"]) == ("all", "segments", pytest.approx(2.0))
+
+
+def _set_meta(run_dir, rank, **fields):
+    import json
+
+    path = run_dir / f"rank={rank:05d}" / "rank-1-0000.json"
+    meta = json.loads(path.read_text())
+    meta.update(fields)
+    path.write_text(json.dumps(meta))
+
+
+def test_diagnose_contract_healthy_and_broken(tmp_path):
+    from analysis import diagnose
+
+    n = 4
+    healthy = write_run(tmp_path / "ok", _healthy(n, range(20)), n)
+    _members(healthy, n)
+    for r in range(n):
+        _set_meta(healthy, r, closed=True)
+    report = diagnose.diagnose(Run.open(healthy))
+    assert set(report) >= {
+        "run_id",
+        "world_size",
+        "hosts",
+        "stragglers",
+        "slow_links",
+        "packet_loss",
+        "hangs",
+        "desyncs",
+        "dead_ranks",
+    }
+    assert report["world_size"] == n and report["hosts"] == ["h0"]
+    assert not diagnose.flagged(report)
+
+    rows = []
+    for seq in range(30):
+        base = T0 + seq * 100_000_000
+        for r in range(n):
+            start = base + (8_000_000 if r == 1 else 0)
+            rows.append(event(r, seq, "all_reduce", n, 64, 64, start, base + 8_500_000))
+    rows += [event(r, 30, "all_reduce", n, 64, 64, T0 + 3_100_000_000, None) for r in (0, 1, 2)]
+    broken = write_run(tmp_path / "broken", rows, n)
+    _members(broken, n)
+    for r in (0, 1, 2):
+        _set_meta(broken, r, closed=True)  # rank 3 never closed: killed
+    report = diagnose.diagnose(Run.open(broken))
+    assert [s["rank"] for s in report["stragglers"]] == [1]
+    assert report["stragglers"][0]["mean_lateness_ms"] == pytest.approx(8.0, abs=0.01)
+    assert report["hangs"] == [
+        {"pg": "0", "seq": 30, "op": "all_reduce", "missing_ranks": [3], "stuck_ranks": [0, 1, 2]}
+    ]
+    assert [(d["rank"], d["last_seq"]) for d in report["dead_ranks"]] == [(3, 29)]
+    assert diagnose.flagged(report)

@@ -1,0 +1,106 @@
+"""All findings at once, reduced to what was flagged: the ``diagnose`` JSON contract.
+
+The object (``analyze-trace diagnose --format json``; other tools parse it, so fields are only ever
+added, never renamed):
+
+    {"run_id": str, "world_size": int | null, "hosts": [str],
+     "stragglers":  [{"rank", "host", "times_last", "mean_lateness_ms", "p95_lateness_ms", "outlier_score"}],
+     "slow_links":  [{"host", "interface", "evidence"}],
+     "packet_loss": [{"host", "interface", "connection", "source", "loss_pct"}],
+     "hangs":       [{"pg", "seq", "op", "missing_ranks", "stuck_ranks"}],
+     "desyncs":     [{"pg", "seq", "culprit_rank", "kind", "expected_op", "culprit_op"}],
+     "dead_ranks":  [{"rank", "host", "last_op", "last_pg", "last_seq", "last_status", "last_event_ns"}],
+     "problems":    [str]}
+
+Every list holds only what was flagged; a healthy run has them all empty. ``problems`` lists files
+that could not be read. ``slow_links`` needs the link probe (not recorded yet), so it is empty today.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from analysis import findings
+from analysis.load import Run
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    straggler_score: float = 3.5  # robust z-score of a rank's median lateness
+    straggler_min_lateness_ms: float = 1.0  # and late by at least this on average
+    loss_pct: float = 0.5  # TCP retransmitted / sent, per host or connection
+    dead_after_s: float = 2.0  # others kept writing this long after a rank's last event
+
+
+def diagnose(run: Run, thresholds: Thresholds = Thresholds()) -> dict:
+    hosts_by_rank = {r: m.get("host") for r, m in run.ranks.items()}
+    stragglers = [
+        {
+            **{k: r[k] for k in ("rank", "times_last", "mean_lateness_ms", "p95_lateness_ms", "outlier_score")},
+            "host": hosts_by_rank.get(r["rank"]),
+        }
+        for r in findings.stragglers(run).to_dicts()
+        if r["outlier_score"] is not None
+        and r["outlier_score"] > thresholds.straggler_score
+        and r["mean_lateness_ms"] >= thresholds.straggler_min_lateness_ms
+    ]
+    packet_loss = [
+        {
+            "host": r["host"],
+            "interface": None,
+            "connection": None if r["connection"] == "all" else r["connection"],
+            "source": "snmp" if r["connection"] == "all" else "tcp_conn",
+            "loss_pct": r["tcp_retrans_pct"],
+        }
+        for r in findings.tcp_loss(run).to_dicts()
+        if r["tcp_retrans_pct"] is not None and r["tcp_retrans_pct"] >= thresholds.loss_pct
+    ]
+    packet_loss += [
+        {
+            "host": r["host"],
+            "interface": r["interface"],
+            "connection": None,
+            "source": "net_dev",
+            "loss_pct": r["error_drop_pct"],
+        }
+        for r in findings.network(run).to_dicts()
+        if r["error_drop_pct"] is not None and r["error_drop_pct"] >= thresholds.loss_pct
+    ]
+    return {
+        "run_id": run.run_id,
+        "world_size": run.world_size,
+        "hosts": run.hosts,
+        "stragglers": stragglers,
+        "slow_links": [],
+        "packet_loss": packet_loss,
+        "hangs": findings.hangs(run).to_dicts(),
+        "desyncs": findings.desyncs(run).to_dicts(),
+        "dead_ranks": _dead_ranks(run, thresholds, hosts_by_rank),
+        "problems": list(run.problems),
+    }
+
+
+def _dead_ranks(run: Run, thresholds: Thresholds, hosts_by_rank: dict) -> list[dict]:
+    """Ranks that never closed their trace (a crash, a kill -9) while the others closed theirs or went on
+    writing for a while after them. If no rank closed, the job may still be running: only the second
+    rule applies."""
+    closed = {r for r, m in run.ranks.items() if m.get("closed")}
+    last = run.sql("""
+        SELECT rank, arg_max(op, t_start_ns) AS last_op, arg_max(pg, t_start_ns) AS last_pg,
+               arg_max(seq, t_start_ns) AS last_seq, arg_max(status, t_start_ns) AS last_status,
+               max(coalesce(t_end_ns, t_start_ns)) AS last_event_ns
+        FROM collectives GROUP BY rank ORDER BY rank
+    """).to_dicts()
+    if not last:
+        return []
+    latest = max(r["last_event_ns"] for r in last)
+    return [
+        {**r, "host": hosts_by_rank.get(r["rank"])}
+        for r in last
+        if r["rank"] not in closed
+        and (closed - {r["rank"]} or latest - r["last_event_ns"] > thresholds.dead_after_s * 1e9)
+    ]
+
+
+def flagged(report: dict) -> bool:
+    return any(report[k] for k in ("stragglers", "slow_links", "packet_loss", "hangs", "desyncs", "dead_ranks"))
