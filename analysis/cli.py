@@ -8,9 +8,11 @@
     analyze-trace sql RUN_DIR "SELECT ..." an ad-hoc query over the run's views
     analyze-trace export RUN_DIR -o trace.json   Chrome/Perfetto trace of every rank
     analyze-trace diagnose RUN_DIR [--fail-on-problem]   everything that was flagged
+    analyze-trace compare RUN_A RUN_B [--threshold 0.1] [--fail-on-regression]
 
 Every subcommand takes ``--format table|json|csv``. Exit codes: 0 success; 1 when ``diagnose
---fail-on-problem`` flags something; 2 bad input (one line on stderr, no traceback).
+--fail-on-problem`` or ``compare --fail-on-regression`` finds something; 2 bad input (one line on
+stderr, no traceback).
 """
 
 from __future__ import annotations
@@ -139,6 +141,31 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 1 if args.fail_on_problem and diagnose.flagged(report) else 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from analysis import compare
+
+    a, b = Run.open(args.run_a), Run.open(args.run_b)
+    parts = {
+        "collectives": compare.collectives(a, b, args.threshold),
+        "ranks": compare.ranks(a, b, args.threshold),
+        "hosts": compare.hosts(a, b, args.threshold),
+    }
+    regressed = any(frame["regression"].any() for frame in parts.values() if not frame.is_empty())
+    if args.format == "json":
+        sys.stdout.write(json.dumps({k: v.to_dicts() for k, v in parts.items()}, default=str) + "\n")
+    elif args.format == "csv":
+        _emit(parts["collectives"], "csv")
+    else:
+        print(f"A = {a.run_id}, B = {b.run_id}; regression: worse by more than {args.threshold:.0%}")
+        for key, frame in parts.items():
+            if not frame.is_empty():
+                _emit(frame, "table", f"{key}:")
+        print("regressions found" if regressed else "no regression")
+    return 1 if args.fail_on_regression and regressed else 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from analysis import export
 
@@ -224,6 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
         "analyze-trace diagnose traces/20261129-101500-ab12cd --format json --fail-on-problem",
     )
     p.add_argument("--fail-on-problem", action="store_true", help="exit 1 when anything is flagged")
+    p = sub.add_parser(
+        "compare",
+        help="two runs side by side per group/op/size, per rank and per host, regressions flagged",
+        description="Compare run B against run A: bus bandwidth and transfer time per group, op and size "
+        "bucket, mean collective duration per rank, transmit throughput per host interface.",
+        epilog="example: analyze-trace compare traces/last-week traces/today --threshold 0.05 --fail-on-regression",
+    )
+    p.add_argument("run_a", help="the baseline run directory")
+    p.add_argument("run_b", help="the run to compare against it")
+    p.add_argument("--threshold", type=float, default=0.10, help="relative change that counts (default 0.10)")
+    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when anything regressed")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser(
         "export",
         help="Chrome/Perfetto trace-event JSON: a track per rank, collectives as slices, NIC throughput",

@@ -104,3 +104,12 @@ def test_diagnose_json_on_a_real_healthy_run(spawned):
     assert report["hangs"] == [] and report["desyncs"] == [] and report["dead_ranks"] == []
     # stragglers may be flagged on a busy 2-core machine; the exit code follows what was flagged
     assert proc.returncode == (1 if any(report[k] for k in ("stragglers", "packet_loss")) else 0)
+
+
+def test_compare_cli_exit_codes(spawned):
+    same = _cli("compare", str(spawned["run"]), str(spawned["run"]), "--fail-on-regression", "--format", "json")
+    assert same.returncode == 0, same.stderr
+    report = json.loads(same.stdout)
+    assert report["collectives"] and not any(r["regression"] for r in report["collectives"])
+    bad = _cli("compare", str(spawned["run"]), "/nonexistent/run")
+    assert bad.returncode == 2 and "no such directory" in bad.stderr

@@ -246,3 +246,34 @@ def test_diagnose_contract_healthy_and_broken(tmp_path):
     ]
     assert [(d["rank"], d["last_seq"]) for d in report["dead_ranks"]] == [(3, 29)]
     assert diagnose.flagged(report)
+
+
+def _timed(n: int, seqs: range, op: str, size: int, transfer_ns: int, first_seq: int = 0) -> list[dict]:
+    return [
+        event(r, first_seq + s, op, n, size, size, T0 + s * 10_000_000, T0 + s * 10_000_000 + transfer_ns)
+        for s in seqs
+        for r in range(n)
+    ]
+
+
+def test_compare_flags_the_op_that_got_slower(tmp_path):
+    from analysis import compare
+
+    n = 4
+    a = write_run(
+        tmp_path / "a",
+        _timed(n, range(10), "all_reduce", 1 << 20, 1_000_000)
+        + _timed(n, range(10), "broadcast", 1 << 16, 200_000, first_seq=10),
+        n,
+    )
+    b = write_run(
+        tmp_path / "b",
+        _timed(n, range(10), "all_reduce", 1 << 20, 2_000_000)
+        + _timed(n, range(10), "broadcast", 1 << 16, 205_000, first_seq=10),
+        n,
+    )
+    rows = {r["op"]: r for r in compare.collectives(Run.open(a), Run.open(b)).to_dicts()}
+    assert rows["all_reduce"]["regression"] and rows["all_reduce"]["busbw_ratio"] == pytest.approx(0.5)
+    assert not rows["broadcast"]["regression"]  # 2.5 % slower: within the 10 % threshold
+    ranks = compare.ranks(Run.open(a), Run.open(b)).to_dicts()
+    assert len(ranks) == n and all(r["regression"] for r in ranks)
