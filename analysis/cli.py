@@ -4,6 +4,8 @@
     analyze-trace collectives RUN_DIR      bandwidth per group, op and size (nccl-tests busbw)
     analyze-trace stragglers RUN_DIR       who arrives late, per rank
     analyze-trace hangs RUN_DIR            where a group stopped, who is missing, who disagrees
+    analyze-trace latency RUN_DIR          small-message latency (collectives and matched send/recv)
+    analyze-trace steps RUN_DIR            communication per training step and rank (recorder.step())
     analyze-trace network RUN_DIR          what the wire did: interfaces, TCP loss, RDMA counters
     analyze-trace sql RUN_DIR "SELECT ..." an ad-hoc query over the run's views
     analyze-trace export RUN_DIR -o trace.json   Chrome/Perfetto trace of every rank
@@ -68,6 +70,24 @@ def cmd_collectives(args: argparse.Namespace) -> int:
 def cmd_stragglers(args: argparse.Namespace) -> int:
     title = "arrival per rank (lateness = start - the first rank's start; outlier_score > 3.5: a slow rank):"
     _emit(findings.stragglers(_open(args), args.min_skew_ms), args.format, title)
+    return 0
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    _emit(
+        findings.latency(_open(args), args.max_bytes),
+        args.format,
+        f"latency of messages up to {args.max_bytes} B (collectives: after the last arrival):",
+    )
+    return 0
+
+
+def cmd_steps(args: argparse.Namespace) -> int:
+    frame = findings.steps(_open(args))
+    if frame.is_empty() and args.format == "table":
+        print("no steps were marked (call recorder.step() once per training step)")
+        return 0
+    _emit(frame, args.format, "communication per step and rank:")
     return 0
 
 
@@ -243,6 +263,21 @@ def build_parser() -> argparse.ArgumentParser:
         'analyze-trace sql RUN "SELECT op, count(*) FROM collectives WHERE rank = 3 GROUP BY op"',
     )
     p.add_argument("query", help="a DuckDB SQL query")
+    p = _command(
+        sub,
+        "latency",
+        cmd_latency,
+        "small-message latency per group, op and size: collectives and matched send/recv pairs",
+        "analyze-trace latency traces/20261129-101500-ab12cd --max-bytes 8192",
+    )
+    p.add_argument("--max-bytes", type=int, default=65536, help="largest message counted (default 65536)")
+    _command(
+        sub,
+        "steps",
+        cmd_steps,
+        "communication time per training step and rank (steps marked with recorder.step())",
+        "analyze-trace steps traces/20261129-101500-ab12cd --format csv",
+    )
     p = _command(
         sub,
         "diagnose",

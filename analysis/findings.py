@@ -282,3 +282,51 @@ def rdma(run: Run) -> pl.DataFrame:
         GROUP BY host, device, port
         ORDER BY host, device, port
     """)
+
+
+def latency(run: Run, max_bytes: int = 65536) -> pl.DataFrame:
+    """Small-message latency per group, op and size (<= ``max_bytes``): where time is latency, not bandwidth.
+
+    Collectives: transfer time after the last arrival. Point-to-point: from the later of the send's and
+    the receive's issue to the receive's completion, matching the k-th send A->B with the k-th
+    receive on B from A (the recorder's per-peer seq).
+    """
+    return run.sql(
+        f"""
+        WITH coll AS (
+            SELECT pg, op, {formulas.message_bytes_sql()} AS size_bytes, (last_end_ns - last_start_ns) / 1e3 AS us
+            FROM ({_instances_sql()}) WHERE ok
+        ),
+        sends AS (SELECT pg, rank AS src, peer AS dst, seq, t_start_ns, bytes_in FROM collectives
+                  WHERE op = 'send' AND status = 'ok'),
+        recvs AS (SELECT pg, rank AS dst, peer AS src, seq, t_start_ns, t_end_ns FROM collectives
+                  WHERE op = 'recv' AND status = 'ok' AND t_end_ns IS NOT NULL),
+        p2p AS (
+            SELECT s.pg, 'send/recv' AS op, s.bytes_in AS size_bytes,
+                   (r.t_end_ns - greatest(s.t_start_ns, r.t_start_ns)) / 1e3 AS us
+            FROM sends s JOIN recvs r USING (pg, src, dst, seq)
+        )
+        SELECT pg, op, CAST(pow(2, floor(log2(greatest(size_bytes, 1)))) AS BIGINT) AS size_bucket,
+               count(*) AS count, round(quantile_cont(us, 0.5), 1) AS p50_us,
+               round(quantile_cont(us, 0.95), 1) AS p95_us, round(max(us), 1) AS max_us
+        FROM (SELECT * FROM coll UNION ALL SELECT * FROM p2p)
+        WHERE size_bytes <= ?
+        GROUP BY ALL ORDER BY pg, op, size_bucket
+    """,
+        [max_bytes],
+    )
+
+
+def steps(run: Run) -> pl.DataFrame:
+    """Per training step (``recorder.step()``) and rank: communication time and how much of the step it spans.
+
+    comm_ms sums the rank's operation durations (issue to completion, so waiting for late peers
+    counts); span_ms runs from the step's first issue to its last completion on that rank.
+    """
+    return run.sql("""
+        SELECT step, rank, count(*) AS ops, round(sum(duration_ms), 3) AS comm_ms,
+               round((max(t_end_ns) - min(t_start_ns)) / 1e6, 3) AS span_ms,
+               CAST(sum(bytes_in) AS BIGINT) AS bytes
+        FROM collectives WHERE step IS NOT NULL AND t_end_ns IS NOT NULL
+        GROUP BY step, rank ORDER BY step, rank
+    """)

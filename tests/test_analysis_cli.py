@@ -113,3 +113,12 @@ def test_compare_cli_exit_codes(spawned):
     assert report["collectives"] and not any(r["regression"] for r in report["collectives"])
     bad = _cli("compare", str(spawned["run"]), "/nonexistent/run")
     assert bad.returncode == 2 and "no such directory" in bad.stderr
+
+
+def test_latency_and_steps_cli(spawned):
+    proc = _cli("latency", str(spawned["run"]), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    ops = {r["op"] for r in json.loads(proc.stdout)}
+    assert "send/recv" in ops and "all_reduce" in ops
+    proc = _cli("steps", str(spawned["run"]))
+    assert proc.returncode == 0 and "no steps were marked" in proc.stdout

@@ -277,3 +277,27 @@ def test_compare_flags_the_op_that_got_slower(tmp_path):
     assert not rows["broadcast"]["regression"]  # 2.5 % slower: within the 10 % threshold
     ranks = compare.ranks(Run.open(a), Run.open(b)).to_dicts()
     assert len(ranks) == n and all(r["regression"] for r in ranks)
+
+
+def test_latency_of_small_messages_and_p2p(tmp_path):
+    n = 2
+    rows = _timed(n, range(5), "all_reduce", 1024, 50_000) + _timed(n, range(5), "all_reduce", 1 << 20, 900_000, 5)
+    for k in range(3):  # rank 0 sends to 1: the receive completes 30 us after the later issue
+        t = T0 + 1_000_000_000 + k * 1_000_000
+        rows.append(event(0, k, "send", n, 256, 256, t, t + 5_000, peer=1))
+        rows.append(event(1, k, "recv", n, 256, 256, t + 10_000, t + 40_000, peer=0))
+    result = {
+        (r["op"], r["size_bucket"]): r
+        for r in findings.latency(Run.open(write_run(tmp_path / "r", rows, n))).to_dicts()
+    }
+    assert result[("all_reduce", 1024)]["p50_us"] == pytest.approx(50.0)
+    assert ("all_reduce", 1 << 20) not in result  # above 64 KiB: a bandwidth question
+    assert result[("send/recv", 256)]["count"] == 3 and result[("send/recv", 256)]["p50_us"] == pytest.approx(30.0)
+
+
+def test_per_step_communication(tmp_path):
+    n = 2
+    rows = [dict(e, step=e["seq"] // 2) for e in _timed(n, range(6), "all_reduce", 4096, 1_000_000)]
+    result = findings.steps(Run.open(write_run(tmp_path / "r", rows, n))).to_dicts()
+    assert [(r["step"], r["rank"], r["ops"]) for r in result] == [(s, r, 2) for s in range(3) for r in range(n)]
+    assert all(r["comm_ms"] == pytest.approx(2.0) and r["span_ms"] == pytest.approx(11.0) for r in result)
