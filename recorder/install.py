@@ -99,24 +99,43 @@ def _wrap_helper(original):
 def _wrap_batch(original):
     @functools.wraps(original)
     def batch_isend_irecv(p2p_op_list):
-        if _state.session is None or not p2p_op_list:
+        if _state.session is None:
             return original(p2p_op_list)
-        group = p2p_op_list[0].group
-        if group is None:
-            group = c10d._get_default_group()
         with _label("batch_isend_irecv"):
-            if isinstance(group, RecordingProcessGroup):
-                device = p2p_op_list[0].tensor.device
-                if group._get_backend(device).supports_coalescing:
-                    c10d._check_p2p_op_list(p2p_op_list)
-                    with c10d._coalescing_manager(group, device, async_ops=True) as cm:
-                        for p2p in p2p_op_list:
-                            key = "group_dst" if p2p.op is dist.isend else "group_src"
-                            p2p.op(p2p.tensor, group=p2p.group, tag=p2p.tag, **{key: p2p.group_peer})
-                    return cm.works
-            return original(p2p_op_list)
+            group, device = _nccl_style_coalescing(p2p_op_list)
+            if group is None:
+                return original(p2p_op_list)
+            # torch's own coalescing branch, which it only takes for `type(group) is ProcessGroup`.
+            c10d._check_p2p_op_list(p2p_op_list)
+            with c10d._coalescing_manager(group, device, async_ops=True) as cm:
+                for p2p in p2p_op_list:
+                    sends = getattr(p2p.op, "__wrapped__", p2p.op) is _originals.get("isend", dist.isend)
+                    key = "group_dst" if sends else "group_src"
+                    p2p.op(p2p.tensor, group=p2p.group, tag=p2p.tag, **{key: p2p.group_peer})
+            return cm.works
 
     return batch_isend_irecv
+
+
+def _nccl_style_coalescing(p2p_op_list):
+    """(group, device) when torch would coalesce this batch on a plain group of the same backend, else (None, None).
+
+    Any doubt (an odd argument, a torch without these internals) answers None: the original function
+    then runs and raises its own errors.
+    """
+    try:
+        group = p2p_op_list[0].group or c10d._get_default_group()
+        device = p2p_op_list[0].tensor.device
+        if (
+            isinstance(group, RecordingProcessGroup)
+            and group._get_backend(device).supports_coalescing
+            and hasattr(c10d, "_coalescing_manager")
+            and hasattr(c10d, "_check_p2p_op_list")
+        ):
+            return group, device
+    except Exception:
+        pass
+    return None, None
 
 
 def _wrap_destroy(original):
@@ -124,14 +143,17 @@ def _wrap_destroy(original):
     def destroy_process_group(group=None):
         session = _state.session
         if session is not None:
-            session.before_destroy(group)
-            pgs = [group] if group is not None else list(_safe_pgs())
-            for pg in pgs:
-                try:
-                    if isinstance(pg, RecordingProcessGroup) and pg._has_hooks():
-                        pg._wait_for_pending_works()
-                except Exception:
-                    pass
+            try:
+                session.before_destroy(group)
+            except Exception as exc:  # never in the way of the user's shutdown
+                warn_once("install:destroy", "could not finish the trace before destroy_process_group: %r", exc)
+        # What torch does only for `type(pg) is ProcessGroup`: wait for works that have completion hooks.
+        for pg in [group] if group is not None else _safe_pgs():
+            try:
+                if isinstance(pg, RecordingProcessGroup) and pg._has_hooks():
+                    pg._wait_for_pending_works()
+            except Exception:
+                pass
         return original(group)
 
     return destroy_process_group
