@@ -24,11 +24,12 @@ import sys
 
 import polars as pl
 
-from analysis import findings
+from analysis import findings, progress
 from analysis.load import Run, TraceError
 
 
 def _emit(frame: pl.DataFrame, fmt: str, title: str | None = None) -> None:
+    progress.stop()
     if fmt == "json":
         sys.stdout.write(frame.write_json() + "\n")
     elif fmt == "csv":
@@ -49,6 +50,7 @@ def _emit(frame: pl.DataFrame, fmt: str, title: str | None = None) -> None:
 
 def _open(args: argparse.Namespace) -> Run:
     run = Run.open(args.run)
+    progress.clear()
     if args.format == "table":
         print(f"run {run.run_id}: world size {run.world_size}, hosts {', '.join(run.hosts) or '?'}")
         for problem in run.problems:
@@ -323,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with progress.Progress(f"analyze-trace {args.command}") as line:
+            progress.current = line
+            return args.func(args)
     except TraceError as exc:
         print(f"analyze-trace: {exc}", file=sys.stderr)
         return 2

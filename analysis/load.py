@@ -62,6 +62,9 @@ class Run:
         if not segments:
             raise TraceError(f"{path}: no readable collective segments" + (f" ({problems[0]})" if problems else ""))
         con = duckdb.connect()
+        # DuckDB's own progress bar goes to stdout, into the CSV or JSON a script is reading: ours
+        # (analysis.progress) writes to a terminal's stderr only.
+        con.execute("SET enable_progress_bar = false")
         run = cls(path, con, run_meta, ranks, segments, problems)
         run._create_views()
         return run

@@ -122,3 +122,39 @@ def test_latency_and_steps_cli(spawned):
     assert "send/recv" in ops and "all_reduce" in ops
     proc = _cli("steps", str(spawned["run"]))
     assert proc.returncode == 0 and "no steps were marked" in proc.stdout
+
+
+def test_progress_only_on_a_terminal(spawned):
+    import os
+    import select
+
+    slow = "SELECT count(*) AS n FROM range(1000000000) t(i) WHERE i % 7 = 3"  # a couple of seconds
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", NO_TORCH, "sql", str(spawned["run"]), slow, "--format", "csv"],
+            env=clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+        )
+        out, _ = proc.communicate(timeout=120)
+        os.close(slave)
+        slave = None
+        seen = b""
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if slave is not None:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0 and out.splitlines() == ["n", "142857143"]  # stdout holds the result only
+    assert b"analyze-trace sql ..." in seen  # shown while the query ran, on the terminal only
+    piped = _cli("sql", str(spawned["run"]), "SELECT 1 AS one", "--format", "csv")
+    assert piped.stderr == ""
