@@ -49,12 +49,14 @@ def test_kill_9_loses_at_most_one_flush_interval(tmp_path):
     print(f"rank 1 lost the last {lost_s:.3f} s before kill -9 (flush interval {FLUSH_S} s)")
     assert 0 <= lost_s <= FLUSH_S + 0.4, f"lost {lost_s:.3f} s of rank 1 operations"  # + scheduling slack
     assert not list(traces.glob("*/rank=00001/.*.tmp"))
-    # The surviving rank's log is whole: every operation from the first to at least the killed rank's
-    # last written one, in order (it was stopped by torchrun, or failed in the operation the kill broke).
+    # The surviving rank's log is readable and gap-free, and reaches to within one flush interval of the
+    # kill: torchrun stops it with SIGTERM, which flushes everything if the rank gets back to Python in
+    # time, and it may be blocked in the broken collective until the launcher kills it.
     survivor = sorted((r for p in _segments(traces, 0) for r in pq.read_table(p).to_pylist()), key=lambda r: r["seq"])
     last_killed_seq = max(max(t.column("seq").to_pylist()) for t in killed)
     assert [r["seq"] for r in survivor] == list(range(len(survivor)))
-    assert survivor[-1]["seq"] >= last_killed_seq
+    survivor_last = max(r["t_end_ns"] or r["t_start_ns"] for r in survivor)
+    assert (killed_at_ns - survivor_last) / 1e9 <= FLUSH_S + 0.4
     # diagnose names the killed rank, with its last operation.
     from analysis import Run, diagnose
 
