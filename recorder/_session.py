@@ -25,7 +25,7 @@ from recorder import _state, clock
 from recorder import capture as C
 from recorder._log import warn_once
 from recorder.config import Config, from_env
-from recorder.schema import RANK_META_PREFIX, RUN_META, SCHEMA_VERSION
+from recorder.schema import RANK_META_PREFIX, RUN_META, SCHEMA_VERSION, safe_name
 from recorder.writer import SegmentWriter, build_segment, wall_minus_mono
 
 ENV_PREFIXES = ("TORCH_", "NCCL_", "COMMTRACE_", "GLOO_", "TORCHELASTIC_", "MASTER_", "OMP_", "CUDA_")
@@ -74,15 +74,11 @@ def _job_id(env: dict[str, str]) -> str | None:
 def _new_run_id(env: dict[str, str]) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
     job = _job_id(env)
-    parts = [stamp] + ([_clean(job)[:12]] if job else []) + [secrets.token_hex(3)]
+    parts = [stamp] + ([safe_name(job, 12)] if job else []) + [secrets.token_hex(3)]
     restart = env.get("TORCHELASTIC_RESTART_COUNT")
     if restart and restart != "0":
-        parts.append(f"r{_clean(restart)}")
+        parts.append(f"r{safe_name(restart)}")
     return "-".join(parts)
-
-
-def _clean(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)[:64]
 
 
 def _atomic_json(path: str, payload: dict, exclusive: bool = False) -> None:

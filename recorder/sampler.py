@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recorder._log import warn_once
-from recorder.schema import SAMPLE_SCHEMA, SAMPLES_PREFIX
+from recorder.schema import SAMPLE_SCHEMA, SAMPLES_PREFIX, safe_name
 from recorder.sources import host_sources
 from recorder.writer import SegmentWriter, wall_minus_mono
 
@@ -48,7 +48,7 @@ class Election:
     """Holds the per-host sampler lock while this process is the host's sampler."""
 
     def __init__(self, run_id: str, host: str) -> None:
-        safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in f"{run_id}-{host}")
+        safe = safe_name(f"{run_id}-{host}", 200)
         stem = os.path.join(tempfile.gettempdir(), f"commtrace-{safe}-{network_namespace_id()}")
         self.path = stem + ".lock"
         self.pid_file = stem + ".pids"  # every rank of the run on this host, for per-connection TCP stats
@@ -127,7 +127,7 @@ class Sampler:
         self.proc_root, self.sys_root = proc_root, sys_root
         self.election = Election(run_id, self.host)
         self.writer = SegmentWriter(
-            os.path.join(run_dir, f"host={_clean(self.host)}"),
+            os.path.join(run_dir, f"host={safe_name(self.host, 128)}"),
             incarnation,
             {"commtrace.run_id": run_id, "commtrace.host": self.host, **(metadata or {})},
         )
@@ -253,7 +253,3 @@ class Sampler:
                     os.close(fd)
                 except OSError:
                     pass
-
-
-def _clean(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)[:128]

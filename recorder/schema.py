@@ -10,6 +10,12 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 1
 
+
+def safe_name(text: str, limit: int = 64) -> str:
+    """``text`` made safe for a file or folder name (run ids, host names): letters, digits, ``._-``."""
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)[:limit]
+
+
 COLLECTIVES_PREFIX = "collectives"
 RANK_META_PREFIX = "rank"
 RUN_META = "run.json"
