@@ -203,7 +203,7 @@ def _record(pg, fn, op, args, kwargs, n_in, n_out, tensor, peer, root, opts):
         raise
     if rid is None:
         return work
-    if not is_async and device == "cpu" and info.wait_inside:
+    if work is not None and not is_async and device != "cuda" and info.wait_inside:
         # The common case, inline: the caller waits right after we return, so waiting here first is
         # free and exact (gloo collective works may be waited on twice; its send/recv works may not).
         try:
@@ -215,7 +215,7 @@ def _record(pg, fn, op, args, kwargs, n_in, n_out, tensor, peer, root, opts):
     else:
         if device == "cuda" and not info.timing_enabled:
             s.enable_cuda_timing(pg, info)
-        _end(s, rid, work, device, is_async, info)
+        _end(s, rid, work, device)
     return work
 
 
@@ -306,7 +306,7 @@ def make_wait_hook(original_wait):
     return wait
 
 
-def _end(s, rid: int, work, device, is_async: bool, info: GroupInfo) -> None:
+def _end(s, rid: int, work, device) -> None:
     """Arrange for the completion event of a collective (all but the inline gloo case of _record)."""
     try:
         if work is None:
@@ -314,13 +314,6 @@ def _end(s, rid: int, work, device, is_async: bool, info: GroupInfo) -> None:
         elif device == "cuda":
             # CUDA work completes on the device: polled off the hot path, timed by CUDA events.
             s.pending_poll.append((rid, work, True))
-        elif not is_async and info.wait_inside:
-            try:
-                work.wait()
-            except Exception:
-                s.done.append((rid, _mono(), ERROR, None))
-            else:
-                s.done.append((rid, _mono(), OK, None))
         else:
             try:
                 fut = work.get_future()
@@ -377,13 +370,13 @@ def _sizer(kind: str, first: str, second: str | None, opts_at: int):
                 output, input, opts = args[0], args[1], args[opts_at]
             else:
                 output, input = _two(args, kwargs, first, second)
-                opts = args[opts_at] if len(args) > opts_at else kwargs.get("opts")
+                opts = kwargs.get("opts")
             return input.numel(), output.numel(), input, None, None, opts
 
         return size_pair
 
     def size(args, kwargs):
-        opts = args[opts_at] if len(args) > opts_at else kwargs.get("opts")
+        opts = _opts(args, opts_at, kwargs)
         if kind in ("inplace", "rooted"):
             x, n = _one(args[0] if args else kwargs.get(first, kwargs.get("tensor")))
             n_in = n_out = n
