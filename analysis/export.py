@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 
+import polars as pl
+
 from analysis.load import Run, TraceError
 
 
@@ -52,28 +54,36 @@ def trace_events(run: Run) -> list[dict]:
                 "args": args,
             }
         )
+    # A rate holds over its interval (t0, t1]: one counter event at t0 per interval and direction,
+    # each direction its own track (the sampler's samples of tx and rx need not line up).
     throughput = run.sql("""
-        SELECT host, device AS interface, t1_ns,
-               sum(bytes) FILTER (WHERE counter = 'tx_bytes') * 8 / ((t1_ns - any_value(t0_ns)) / 1e9) / 1e9 AS tx,
-               sum(bytes) FILTER (WHERE counter = 'rx_bytes') * 8 / ((t1_ns - any_value(t0_ns)) / 1e9) / 1e9 AS rx
-        FROM counter_deltas WHERE source = 'net_dev' AND counter IN ('tx_bytes', 'rx_bytes')
-        GROUP BY host, device, t1_ns HAVING t1_ns > any_value(t0_ns)
-        ORDER BY host, device, t1_ns
+        SELECT host, device AS interface, CASE counter WHEN 'tx_bytes' THEN 'tx' ELSE 'rx' END AS direction,
+               t0_ns, t1_ns, bytes * 8 / ((t1_ns - t0_ns) / 1e9) / 1e9 AS gbitps
+        FROM counter_deltas
+        WHERE source = 'net_dev' AND counter IN ('tx_bytes', 'rx_bytes') AND t1_ns > t0_ns
+        ORDER BY host, device, direction, t0_ns
     """)
+    busy = throughput.group_by(["host", "interface"]).agg(pl.col("gbitps").max()).filter(pl.col("gbitps") > 0)
+    busy_interfaces = {(r["host"], r["interface"]) for r in busy.iter_rows(named=True)}
     host_pids: dict[str, int] = {}
+    last_end: dict[tuple, int] = {}
     for r in throughput.iter_rows(named=True):
-        if not (r["tx"] or r["rx"]):
+        if (r["host"], r["interface"]) not in busy_interfaces:
             continue
         pid = host_pids.setdefault(r["host"], 1_000_000 + len(host_pids))
+        name = f"{r['interface']} {r['direction']} Gbit/s"
         events.append(
             {
                 "ph": "C",
-                "name": f"{r['interface']} Gbit/s",
+                "name": name,
                 "pid": pid,
-                "ts": (r["t1_ns"] - first) / 1e3,
-                "args": {"tx": round(r["tx"] or 0.0, 6), "rx": round(r["rx"] or 0.0, 6)},
+                "ts": (r["t0_ns"] - first) / 1e3,
+                "args": {r["direction"]: round(r["gbitps"], 6)},
             }
         )
+        last_end[(pid, name, r["direction"])] = r["t1_ns"]
+    for (pid, name, direction), t1 in last_end.items():  # the series ends: back to zero
+        events.append({"ph": "C", "name": name, "pid": pid, "ts": (t1 - first) / 1e3, "args": {direction: 0.0}})
     for host, pid in host_pids.items():
         events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": f"host {host}"}})
     return events

@@ -202,28 +202,32 @@ def network(run: Run) -> pl.DataFrame:
     """
     return run.sql("""
         WITH d AS (
-            SELECT host, device AS interface, counter, delta, bytes, (t1_ns - t0_ns) / 1e9 AS seconds, t1_ns
+            SELECT host, device AS interface, counter, delta, bytes, (t1_ns - t0_ns) / 1e9 AS seconds
             FROM counter_deltas WHERE source = 'net_dev'
         ),
-        per_interval AS (
-            SELECT host, interface, t1_ns, any_value(seconds) AS seconds,
+        per_interface AS (
+            -- Each counter's deltas on its own: the sampler keeps a counter's samples only around
+            -- changes, so different counters' intervals need not line up.
+            SELECT host, interface,
                    sum(bytes) FILTER (WHERE counter = 'tx_bytes') AS tx,
                    sum(bytes) FILTER (WHERE counter = 'rx_bytes') AS rx,
+                   sum(seconds) FILTER (WHERE counter = 'tx_bytes') AS tx_seconds,
+                   max(bytes / nullif(seconds, 0)) FILTER (WHERE counter = 'tx_bytes') AS peak_tx,
+                   max(bytes / nullif(seconds, 0)) FILTER (WHERE counter = 'rx_bytes') AS peak_rx,
                    sum(delta) FILTER (WHERE counter IN ('rx_errs', 'tx_errs', 'rx_frame', 'tx_carrier')) AS errors,
                    sum(delta) FILTER (WHERE counter IN ('rx_drop', 'tx_drop', 'rx_fifo', 'tx_fifo')) AS drops,
                    sum(delta) FILTER (WHERE counter IN ('rx_packets', 'tx_packets')) AS packets
-            FROM d GROUP BY host, interface, t1_ns
+            FROM d GROUP BY host, interface
         )
         SELECT host, interface,
-               CAST(sum(tx) AS BIGINT) AS tx_bytes, CAST(sum(rx) AS BIGINT) AS rx_bytes,
-               round(sum(tx) * 8 / 1e9 / nullif(sum(seconds), 0), 6) AS mean_tx_gbitps,
-               round(max(tx * 8 / 1e9 / nullif(seconds, 0)), 6) AS peak_tx_gbitps,
-               round(max(rx * 8 / 1e9 / nullif(seconds, 0)), 6) AS peak_rx_gbitps,
-               CAST(sum(errors) AS BIGINT) AS errors, CAST(sum(drops) AS BIGINT) AS drops,
-               round(100.0 * sum(errors + drops) / nullif(sum(packets), 0), 6) AS error_drop_pct
-        FROM per_interval
-        GROUP BY host, interface
-        HAVING sum(tx) > 0 OR sum(rx) > 0 OR sum(errors) > 0 OR sum(drops) > 0
+               CAST(tx AS BIGINT) AS tx_bytes, CAST(rx AS BIGINT) AS rx_bytes,
+               round(tx * 8 / 1e9 / nullif(tx_seconds, 0), 6) AS mean_tx_gbitps,
+               round(peak_tx * 8 / 1e9, 6) AS peak_tx_gbitps,
+               round(peak_rx * 8 / 1e9, 6) AS peak_rx_gbitps,
+               CAST(errors AS BIGINT) AS errors, CAST(drops AS BIGINT) AS drops,
+               round(100.0 * (coalesce(errors, 0) + coalesce(drops, 0)) / nullif(packets, 0), 6) AS error_drop_pct
+        FROM per_interface
+        WHERE tx > 0 OR rx > 0 OR errors > 0 OR drops > 0
         ORDER BY host, interface
     """)
 

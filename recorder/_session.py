@@ -318,7 +318,7 @@ class Session:
             "samples": sampler.samples,
             "cpu_s": round(sampler.cpu_s, 6),
             "segments_written": sampler.writer.index,
-            "sources": [source.name for source in sampler.sources],
+            "sources": sampler.source_names,
         }
 
     # -- writing -----------------------------------------------------------------------------------

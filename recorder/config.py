@@ -42,8 +42,9 @@ COMMTRACE_SAMPLE_HZ = "COMMTRACE_SAMPLE_HZ"
 """Samples per second of the host's NIC, TCP and RDMA counters (default 10; 0 turns the sampler off)."""
 
 COMMTRACE_SAMPLE_FLUSH_S = "COMMTRACE_SAMPLE_FLUSH_S"
-"""Seconds between writes of the counter samples (default 5): writing a segment costs more than
-sampling, and cumulative counters lose only resolution, not totals, if the last interval is lost."""
+"""Seconds between writes of the counter samples (default 10): parsing and writing a segment costs
+more than sampling, and cumulative counters lose only resolution, not totals, if the last interval is
+lost."""
 
 COMMTRACE_PROC_ROOT = "COMMTRACE_PROC_ROOT"
 """Where the sampler finds ``proc/net/...`` (default ``/``); tests point it at fixture trees."""
@@ -157,7 +158,7 @@ def from_env(env: dict[str, str] | None = None, **overrides: object) -> Config:
         "clock_rounds": _number(env, COMMTRACE_CLOCK_ROUNDS, 5, int, 1),
         "cuda_timing": _flag(env, COMMTRACE_CUDA_TIMING, True),
         "sample_hz": _number(env, COMMTRACE_SAMPLE_HZ, 10.0, float, 0.0),
-        "sample_flush_s": _number(env, COMMTRACE_SAMPLE_FLUSH_S, 5.0, float, 0.01),
+        "sample_flush_s": _number(env, COMMTRACE_SAMPLE_FLUSH_S, 10.0, float, 0.01),
         "proc_root": env.get(COMMTRACE_PROC_ROOT) or "/",
         "sys_root": env.get(COMMTRACE_SYS_ROOT) or "/",
         "disabled": _flag(env, COMMTRACE_DISABLE, False),

@@ -63,6 +63,9 @@ def _request(family: int) -> bytes:
     return header + body
 
 
+_REQUESTS = {family: _request(family) for family in (socket.AF_INET, socket.AF_INET6)}
+
+
 def parse_tcp_info(blob: bytes) -> dict[str, int]:
     out = {}
     for name, offset, fmt in TCP_INFO_FIELDS:
@@ -124,23 +127,46 @@ def open_diag_socket() -> socket.socket:
     return sock
 
 
+def _chunk_done(data: bytes) -> bool:
+    """True if this netlink read ends the dump (it holds NLMSG_DONE or an error)."""
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+        if kind in (NLMSG_DONE, NLMSG_ERROR) or length < _NLMSGHDR.size:
+            return True
+        offset += (length + 3) & ~3
+    return False
+
+
+def dump_raw(sock: socket.socket) -> list[bytes]:
+    """The kernel's answer to a dump of IPv4 and IPv6 established connections, unparsed (cheap)."""
+    chunks = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        sock.send(_REQUESTS[family])
+        while True:
+            data = sock.recv(1 << 16)
+            chunks.append(data)
+            if not data or _chunk_done(data):
+                break
+    return chunks
+
+
+def parse_raw(chunks: list[bytes]) -> list[dict]:
+    conns = []
+    for data in chunks:
+        conns.extend(parse_messages(data)[0])
+    return conns
+
+
 def dump_tcp(sock: socket.socket | None = None) -> list[dict]:
     """Every established TCP connection of this network namespace, with its tcp_info."""
     own = sock is None
     sock = open_diag_socket() if own else sock
-    conns = []
     try:
-        for family in (socket.AF_INET, socket.AF_INET6):
-            sock.send(_request(family))
-            while True:
-                batch, done = parse_messages(sock.recv(1 << 16))
-                conns.extend(batch)
-                if done:
-                    break
+        return parse_raw(dump_raw(sock))
     finally:
         if own:
             sock.close()
-    return conns
 
 
 def socket_inodes(pids) -> set[int]:

@@ -28,10 +28,9 @@ def _sample(tmp_path, sys_root, steps):
     )
     assert sampler.election.try_acquire()
     sampler.sources = host_sources(sampler.proc_root, sampler.sys_root)
-    last = [float("-inf")] * len(sampler.sources)
     for change in steps:
         change()
-        sampler._tick(last)
+        sampler._tick(None)
     sampler.close()  # takes one last sample and writes everything
     return _rows(run)
 
@@ -49,6 +48,7 @@ def test_rdma_fixtures_land_unchanged_with_wrap_and_reset(tmp_path):
             sysfs.set_counter(roce, "hw_counters", "np_cnp_sent", 9),
             sysfs.set_counter(efa, "hw_counters", "retrans_pkts", 12),
         ),
+        lambda: None,  # nothing moves: this sample is left out of the segment wherever it repeats one
     ]
     tmp = _sample(tmp_path, sys_root, steps)
     rows = _rows_by(tmp)
@@ -60,13 +60,15 @@ def test_rdma_fixtures_land_unchanged_with_wrap_and_reset(tmp_path):
     assert attributes[("rdmap16s27", "state")] == "4: ACTIVE"
     tmp = [r for r in tmp if r["source"] == "rdma"]
     rows = _rows_by(tmp)
-    assert rows[("mlx5_0", "port_xmit_data")] == [WRAP - 6, 10]
-    assert rows[("mlx5_0", "port_rcv_data")] == [1000, 0]
+    # Four samples were taken (three steps and the closing one); a segment keeps each counter's first
+    # and last and both sides of every change: [a, b, b, b] -> [a, b, b]; [a, a, a, a] -> [a, a].
+    assert rows[("mlx5_0", "port_xmit_data")] == [WRAP - 6, 10, 10]
+    assert rows[("mlx5_0", "port_rcv_data")] == [1000, 0, 0]
     assert rows[("mlx5_0", "symbol_error")] == [3, 3]
-    assert rows[("mlx5_1", "np_cnp_sent")] == [5, 9]
+    assert rows[("mlx5_1", "np_cnp_sent")] == [5, 9, 9]
     assert rows[("mlx5_1", "out_of_sequence")] == [2, 2]
     assert rows[("rdmap16s27", "tx_bytes")] == [123456789012] * 2
-    assert rows[("rdmap16s27", "retrans_pkts")] == [7, 12]
+    assert rows[("rdmap16s27", "retrans_pkts")] == [7, 12, 12]
     assert rows[("rdmap16s27", "impaired_remote_conn_events")] == [0, 0]
     assert ("rdmap16s27", "lifespan") not in rows  # a setting, not a counter
     assert all(r["port"] == 1 for r in tmp)
@@ -76,11 +78,41 @@ def test_rdma_fixtures_land_unchanged_with_wrap_and_reset(tmp_path):
 
 
 def _rows_by(rows):
-    """(device, counter) -> the values of the steps' samples (the sampler's closing sample left out)."""
+    """(device, counter) -> the values the segment kept, in time order."""
     out: dict[tuple, list] = {}
     for r in sorted(rows, key=lambda r: r["t_ns"]):
         out.setdefault((r["device"], r["counter"]), []).append(r["value"])
-    return {key: values[:-1] for key, values in out.items()}
+    return out
+
+
+def test_squeeze_keeps_exactly_the_sampled_step_function():
+    import random
+
+    from recorder.sampler import squeeze
+    from recorder.sources import PART_SCHEMA, part_from_rows
+
+    rng = random.Random(7)
+    rows = []
+    for t in range(200):
+        for device in ("eth0", "ib0"):
+            for counter in ("rx_bytes", "rx_errs"):
+                rows.append((t, device, None, counter, t // rng.choice((1, 5, 50)) if counter == "rx_bytes" else 3))
+    rows.append((5, "eth0", None, "operstate", "up"))
+    rows.append((6, "eth0", None, "operstate", "up"))  # text values are never dropped
+    table = part_from_rows("net_dev", rows)
+    assert table.schema == PART_SCHEMA
+    kept = squeeze(table).to_pylist()
+    assert sum(r["counter"] == "operstate" for r in kept) == 2
+    assert len(kept) < len(rows) / 2
+    for device in ("eth0", "ib0"):
+        for counter in ("rx_bytes", "rx_errs"):
+            original = {t: v for t, d, _, c, v in rows if (d, c) == (device, counter)}
+            points = sorted((r["t_ns"], r["value"]) for r in kept if (r["device"], r["counter"]) == (device, counter))
+            assert points[0][0] == 0 and points[-1][0] == 199  # first and last always kept
+            step = {}
+            for (t0, v0), (t1, _) in zip(points, points[1:] + [(200, None)], strict=True):
+                step.update({t: v0 for t in range(t0, t1)})
+            assert step == original
 
 
 def test_missing_sources_are_skipped(tmp_path):
@@ -97,6 +129,21 @@ def test_host_proc_counters(tmp_path):
     assert {("Tcp", "OutSegs"), ("Tcp", "RetransSegs"), ("Tcp", "InErrs"), ("Udp", "InErrors")} <= snmp
     netstat = {(d, c) for d, _, c, _ in sources["netstat"].read()}
     assert {("TcpExt", "TCPTimeouts"), ("TcpExt", "TCPLostRetransmit"), ("TcpExt", "TCPOrigDataSent")} <= netstat
+
+
+def test_net_dev_batch_parse_matches_line_by_line():
+    from recorder.sources import NetDev
+
+    source = NetDev("/")
+    captures = [(t, source.capture()) for t in (10, 20, 30)]
+    odd = b"Inter-|   Receive\n face |bytes\n  weird: 1 2 3\n"  # a line it does not understand
+    batch = source.parse_batch(captures).to_pylist()
+    slow = [(t,) + v for t, raw in captures for v in source.parse(raw)]
+    assert [(r["t_ns"], r["device"], r["port"], r["counter"], r["value"]) for r in batch] == slow
+    assert all(r["source"] == "net_dev" and r["text"] is None for r in batch)
+    fallback = source.parse_batch(captures + [(40, odd)]).to_pylist()
+    assert len(fallback) == len(batch) + 3  # the slow path keeps what it can read
+    source.close()
 
 
 def test_one_sampler_per_host_and_namespace(tmp_path):
