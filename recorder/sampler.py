@@ -17,6 +17,7 @@ and an idle interface's sixteen counters cost two rows per segment instead of tw
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import select
 import socket
@@ -132,6 +133,14 @@ def squeeze(table: pa.Table) -> pa.Table:
     return table.take(pa.array(np.sort(order[keep])))
 
 
+def schedule(sources: list, period_s: float) -> list[list]:
+    """Per tick of a cycle, the ``(index, capture)`` of every source due: a source with ``period_s``
+    p is captured every round(p / period_s) ticks (every tick if p is 0)."""
+    every = [max(1, round(s.period_s / period_s)) for s in sources]
+    cycle = math.lcm(*every) if every else 1
+    return [[(i, s.capture) for i, s in enumerate(sources) if k % every[i] == 0] for k in range(cycle)]
+
+
 class Sampler:
     """The host's sampler thread (only the elected rank's does any sampling)."""
 
@@ -162,7 +171,9 @@ class Sampler:
         self._cpu_final = 0.0
         self.sources: list = []
         self.source_names: list[str] = []  # what this host has (kept after close)
-        self._every: list[int] = []  # source i is captured on ticks that are multiples of _every[i]
+        # _schedule[k % len(_schedule)]: the (index, capture) of the sources due on tick k, worked out
+        # once so that a tick does no arithmetic per source.
+        self._schedule: list[list] = [[]]
         self._stop = threading.Event()
         # Held for each tick and flush, so that sample_now() and close() can capture and write from
         # the caller's thread instead of waking the sampler and waiting for it.
@@ -196,7 +207,7 @@ class Sampler:
                 if self._stop.is_set():
                     return
                 self.sources = host_sources(self.proc_root, self.sys_root, self.election.pid_file)
-                self._every = [max(1, round(s.period_s / self.period_s)) for s in self.sources]
+                self._schedule = schedule(self.sources, self.period_s)
                 self.source_names = [s.name for s in self.sources]
             next_tick = time.monotonic()
             next_flush = next_tick + self.flush_s
@@ -259,13 +270,12 @@ class Sampler:
         10 times a second on a cold cache, parsing waits for the flush."""
         t = time.monotonic_ns()
         append = self.captured.append
-        every = self._every
-        for i, source in enumerate(self.sources):
-            if k is None or k % every[i] == 0:
-                try:
-                    append((t, i, source.capture()))
-                except (OSError, ValueError):
-                    pass
+        due = enumerate(s.capture for s in self.sources) if k is None else self._schedule[k % len(self._schedule)]
+        for i, capture in due:
+            try:
+                append((t, i, capture()))
+            except (OSError, ValueError):
+                pass
         self.samples += 1
 
     def flush(self) -> None:

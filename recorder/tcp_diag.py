@@ -8,6 +8,7 @@ No subprocess, no ``ss``: one netlink request per dump.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import socket
@@ -75,7 +76,9 @@ def parse_tcp_info(blob: bytes) -> dict[str, int]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(family: int, raw: bytes) -> str:
+    """An address as text (cached: a job talks to the same few peers on every dump)."""
     if family == socket.AF_INET:
         return str(ipaddress.IPv4Address(raw[:4]))
     return str(ipaddress.IPv6Address(raw))
