@@ -85,6 +85,8 @@ def _dead_ranks(run: Run, thresholds: Thresholds, hosts_by_rank: dict) -> list[d
     writing for a while after them. If no rank closed, the job may still be running: only the second
     rule applies."""
     closed = {r for r, m in run.ranks.items() if m.get("closed")}
+    if run.world_size and closed >= set(range(run.world_size)):
+        return []  # every rank closed its trace: none died (and no need to scan the events)
     last = run.sql("""
         SELECT rank, arg_max(op, t_start_ns) AS last_op, arg_max(pg, t_start_ns) AS last_pg,
                arg_max(seq, t_start_ns) AS last_seq, arg_max(status, t_start_ns) AS last_status,

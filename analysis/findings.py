@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from analysis import formulas
-from analysis.load import Run
+from analysis.load import P2P_OPS_SQL, SIGNATURE_SIZE_SQL, Run
 
 
 def summary(run: Run) -> pl.DataFrame:
@@ -25,23 +25,17 @@ def summary(run: Run) -> pl.DataFrame:
     """)
 
 
-def _instances_sql() -> str:
+def _instances_sql(run: Run) -> str:
     """One row per collective instance (pg, seq) whose every member recorded it, completed.
 
     transfer_ns = last completion - last arrival: the time the data moved once everyone was there
     (a fast rank's own duration includes waiting for late peers, so it is not used for bandwidth).
     """
+    run.ensure_instances()
     return f"""
-        SELECT pg, seq, any_value(op) AS op, {formulas.family_sql("any_value(op)")} AS family,
-               any_value(pg_size) AS pg_size, count(*) AS ranks,
-               max(bytes_in) AS bytes_in, max(bytes_out) AS bytes_out,
-               min(t_start_ns) AS first_start_ns, max(t_start_ns) AS last_start_ns,
-               max(t_end_ns) AS last_end_ns, arg_max(rank, t_start_ns) AS last_rank,
-               bool_and(status = 'ok') AS ok
-        FROM collectives
-        WHERE op NOT IN ('send', 'recv', 'recv_anysource', 'barrier', 'monitored_barrier')
-        GROUP BY pg, seq
-        HAVING count(*) = any_value(pg_size) AND bool_and(t_end_ns IS NOT NULL)
+        SELECT *, {formulas.family_sql("op")} AS family
+        FROM instances
+        WHERE op NOT IN ('barrier', 'monitored_barrier') AND ranks = pg_size AND complete
     """
 
 
@@ -53,7 +47,7 @@ def collectives(run: Run) -> pl.DataFrame:
     Bandwidths are the medians over instances, in GB/s (1e9 B/s).
     """
     return run.sql(f"""
-        WITH inst AS ({_instances_sql()}),
+        WITH inst AS ({_instances_sql(run)}),
         sized AS (
             SELECT *, {formulas.message_bytes_sql()} AS size_bytes,
                    greatest(last_end_ns - last_start_ns, 1) AS transfer_ns,
@@ -80,7 +74,7 @@ def straggler_instances(run: Run) -> pl.DataFrame:
         SELECT pg, seq, op, pg_size, last_rank,
                (last_start_ns - first_start_ns) / 1e6 AS arrival_skew_ms,
                (last_end_ns - last_start_ns) / 1e6 AS transfer_ms
-        FROM ({_instances_sql()})
+        FROM ({_instances_sql(run)})
         ORDER BY pg, seq
     """)
 
@@ -88,33 +82,36 @@ def straggler_instances(run: Run) -> pl.DataFrame:
 def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
     """Per rank: how often it arrived last, its mean and p95 lateness, and a robust outlier score.
 
-    lateness = this rank's start - the instance's first start. The outlier score is the rank's
-    median lateness against all ranks' (median / MAD, scaled by 1.4826 like a z-score); above 3.5 the
-    rank is late far more than its peers: a slow rank, not a slow network. Only instances with an
-    arrival skew of at least ``min_skew_ms`` count towards times_last.
+    lateness = this rank's start - the instance's first start. The outlier score is the rank's mean
+    lateness against all ranks' mean lateness, robustly: (mean - median of the ranks' means) /
+    (1.4826 x their MAD, at least 0.05 ms), like a z-score; above 3.5 the rank is late far more than
+    its peers: a slow rank, not a slow network. The mean, not the median, so that a rank late on a
+    third of its collectives (a stall every few steps) stands out as much as one late on all of
+    them. Only instances with an arrival skew of at least ``min_skew_ms`` count towards times_last.
     """
     return run.sql(
         f"""
-        WITH inst AS ({_instances_sql()}),
+        WITH inst AS ({_instances_sql(run)}),
         late AS (
             SELECT c.rank, c.pg, c.seq, (c.t_start_ns - i.first_start_ns) / 1e6 AS lateness_ms,
                    (i.last_rank = c.rank AND (i.last_start_ns - i.first_start_ns) / 1e6 >= ?) AS was_last
-            FROM collectives c JOIN inst i USING (pg, seq)
+            -- On the 64-bit hash of (pg, seq) alone: a fifth faster than the two columns, and a false
+            -- match would need a hash collision between two instances of the same run.
+            FROM collectives c JOIN inst i ON hash(c.pg, c.seq) = i.key
         ),
         per_rank AS (
             SELECT rank, count(*) AS collectives, count(*) FILTER (WHERE was_last) AS times_last,
-                   avg(lateness_ms) AS mean_lateness_ms, quantile_cont(lateness_ms, 0.95) AS p95_lateness_ms,
-                   median(lateness_ms) AS median_lateness_ms
+                   avg(lateness_ms) AS mean_lateness_ms, quantile_cont(lateness_ms, 0.95) AS p95_lateness_ms
             FROM late GROUP BY rank
         ),
         spread AS (
-            SELECT median(median_lateness_ms) AS center,
-                   median(abs(median_lateness_ms - (SELECT median(median_lateness_ms) FROM per_rank))) AS mad
+            SELECT median(mean_lateness_ms) AS center,
+                   median(abs(mean_lateness_ms - (SELECT median(mean_lateness_ms) FROM per_rank))) AS mad
             FROM per_rank
         )
         SELECT rank, collectives, times_last, round(mean_lateness_ms, 3) AS mean_lateness_ms,
                round(p95_lateness_ms, 3) AS p95_lateness_ms,
-               round((median_lateness_ms - center) / greatest(1.4826 * mad, 0.05), 2) AS outlier_score
+               round((mean_lateness_ms - center) / greatest(1.4826 * mad, 0.05), 2) AS outlier_score
         FROM per_rank, spread
         ORDER BY rank
     """,
@@ -129,20 +126,48 @@ def hangs(run: Run) -> pl.DataFrame:
     missing_ranks issued nothing at that seq; stuck_ranks issued it and never completed it (written as
     in flight at a dump, a crash or the end). Only ranks that wrote metadata or events can be judged.
     """
-    return run.sql("""
-        WITH observed AS (SELECT DISTINCT pg, rank FROM collectives WHERE op NOT IN ('send', 'recv', 'recv_anysource')),
-        members AS (
-            SELECT pg, rank FROM group_members WHERE pg IN (SELECT pg FROM observed)
-            UNION SELECT pg, rank FROM observed WHERE pg NOT IN (SELECT pg FROM group_members)
+    run.ensure_instances()
+    # Groups the metadata does not describe: their members are the ranks seen in them (a scan of
+    # the events, so only when there are such groups).
+    undescribed = run.sql("SELECT DISTINCT pg FROM instances EXCEPT SELECT pg FROM group_members")
+    observed = (
+        f"""UNION SELECT DISTINCT pg, rank FROM collectives
+            WHERE op NOT IN {P2P_OPS_SQL} AND pg NOT IN (SELECT pg FROM group_members)"""
+        if undescribed.height
+        else ""
+    )
+    # Where every described group's instances were all finished by all members, the events need
+    # not be read again.
+    short = (
+        undescribed.height
+        or run.sql("""
+        SELECT 1 FROM instances i JOIN (SELECT pg, count(*) AS n FROM group_members GROUP BY pg) m USING (pg)
+        WHERE i.done_ranks < m.n LIMIT 1
+    """).height
+    )
+    events = "collectives" if short else "(SELECT * FROM collectives WHERE false)"
+    return run.sql(f"""
+        WITH members AS (
+            SELECT pg, rank FROM group_members WHERE pg IN (SELECT DISTINCT pg FROM instances)
+            {observed}
         ),
         ops AS (
             SELECT pg, seq, rank, op, t_end_ns IS NOT NULL AND status = 'ok' AS done
-            FROM collectives WHERE op NOT IN ('send', 'recv', 'recv_anysource')
+            FROM {events} WHERE op NOT IN {P2P_OPS_SQL}
+        ),
+        -- The instances table counts, per (pg, seq), the ranks that finished; only the first
+        -- instance short of its group's size is then laid out member by member.
+        sizes AS (SELECT pg, count(*) AS members FROM members GROUP BY pg),
+        first_short AS (
+            SELECT i.pg, min(i.seq) AS seq
+            FROM instances i JOIN sizes USING (pg)
+            WHERE i.done_ranks < sizes.members
+            GROUP BY i.pg
         ),
         grid AS (
             SELECT m.pg, s.seq, m.rank, o.op, coalesce(o.done, false) AS done, o.rank IS NOT NULL AS issued
             FROM members m
-            JOIN (SELECT DISTINCT pg, seq FROM ops) s USING (pg)
+            JOIN first_short s USING (pg)
             LEFT JOIN ops o ON o.pg = m.pg AND o.seq = s.seq AND o.rank = m.rank
         ),
         unfinished AS (
@@ -166,19 +191,20 @@ def desyncs(run: Run) -> pl.DataFrame:
     compared on what every member sends or receives, not the root's whole buffer; all_to_all sizes
     are not compared, uneven splits being legal).
     """
-    return run.sql("""
+    run.ensure_instances()
+    disagreeing = run.sql("SELECT 1 FROM instances WHERE disagree LIMIT 1").height
+    events = "collectives" if disagreeing else "(SELECT * FROM collectives WHERE false)"
+    return run.sql(f"""
         WITH sig AS (
-            SELECT pg, seq, rank, op, dtype,
-                   CASE WHEN op = 'scatter' THEN bytes_out
-                        WHEN op IN ('all_to_all', 'all_to_all_single') THEN NULL  -- uneven splits are legal
-                        ELSE bytes_in END AS size
-            FROM collectives WHERE op NOT IN ('send', 'recv', 'recv_anysource')
+            SELECT pg, seq, rank, op, dtype, {SIGNATURE_SIZE_SQL} AS size
+            FROM {events} WHERE op NOT IN {P2P_OPS_SQL}
         ),
+        -- The instances table flags where members' signatures differ; members are compared one
+        -- by one only there.
+        disagreeing AS (SELECT pg, seq FROM instances WHERE disagree),
         counted AS (
-            SELECT *, count(*) OVER (PARTITION BY pg, seq, op, size, dtype) AS agreeing,
-                   count(DISTINCT op) OVER (PARTITION BY pg, seq) AS ops,
-                   count(*) OVER (PARTITION BY pg, seq) AS members
-            FROM sig
+            SELECT *, count(*) OVER (PARTITION BY pg, seq, op, size, dtype) AS agreeing
+            FROM sig SEMI JOIN disagreeing USING (pg, seq)
         ),
         flagged AS (
             SELECT pg, seq,
@@ -299,7 +325,7 @@ def latency(run: Run, max_bytes: int = 65536) -> pl.DataFrame:
         f"""
         WITH coll AS (
             SELECT pg, op, {formulas.message_bytes_sql()} AS size_bytes, (last_end_ns - last_start_ns) / 1e3 AS us
-            FROM ({_instances_sql()}) WHERE ok
+            FROM ({_instances_sql(run)}) WHERE ok
         ),
         sends AS (SELECT pg, rank AS src, peer AS dst, seq, t_start_ns, bytes_in FROM collectives
                   WHERE op = 'send' AND status = 'ok'),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import duckdb
@@ -18,6 +19,12 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = 1  # the newest trace schema this analysis understands
 REQUIRED_COLUMNS = {"rank", "pg", "seq", "op", "bytes_in", "bytes_out", "t_start_ns", "t_end_ns", "status"}
 SAMPLE_COLUMNS = {"t_ns", "host", "source", "device", "counter", "value"}
+P2P_OPS_SQL = "('send', 'recv', 'recv_anysource')"
+# What members of one collective must agree on besides op and dtype: the size each member sends
+# (scatter: what each receives); all_to_all splits may legally differ.
+SIGNATURE_SIZE_SQL = (
+    "CASE WHEN op = 'scatter' THEN bytes_out WHEN op IN ('all_to_all', 'all_to_all_single') THEN NULL ELSE bytes_in END"
+)
 
 
 class TraceError(Exception):
@@ -32,6 +39,8 @@ class Run:
     ranks: dict[int, dict]
     segments: list[str]
     problems: list[str] = field(default_factory=list)
+    _instances_ready: bool = False
+    _one_layout: bool = False  # every segment has the same columns, in the same order
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> Run:
@@ -53,10 +62,14 @@ class Run:
             if isinstance(meta, dict) and isinstance(meta.get("rank"), int):
                 ranks.setdefault(meta["rank"], meta)
         segments = []
-        for seg in sorted(glob.glob(os.path.join(path, "rank=*", "collectives-*.parquet"))):
-            reason = _check_segment(seg)
+        found = sorted(glob.glob(os.path.join(path, "rank=*", "collectives-*.parquet")))
+        with ThreadPoolExecutor(max_workers=8) as pool:  # footers of thousands of files: I/O-bound
+            checked = list(pool.map(_inspect_segment, found))
+        layouts = set()
+        for seg, (reason, names) in zip(found, checked, strict=True):
             if reason is None:
                 segments.append(seg)
+                layouts.add(names)
             else:
                 problems.append(f"{os.path.relpath(seg, path)}: skipped ({reason})")
         if not segments:
@@ -65,7 +78,11 @@ class Run:
         # DuckDB's own progress bar goes to stdout, into the CSV or JSON a script is reading: ours
         # (analysis.progress) writes to a terminal's stderr only.
         con.execute("SET enable_progress_bar = false")
+        # Row order is never relied on (every query orders what it returns): lets DuckDB parallelise
+        # and spill more freely.
+        con.execute("SET preserve_insertion_order = false")
         run = cls(path, con, run_meta, ranks, segments, problems)
+        run._one_layout = len(layouts) == 1
         run._create_views()
         return run
 
@@ -87,18 +104,29 @@ class Run:
             self.con.sql("INSERT INTO group_members VALUES (?, ?)", params=[pg, rank])
         files = ", ".join(_sql_string(p) for p in self.segments)
         # hive_partitioning off: the rank=NNNNN folders must not replace the files' own (integer) rank.
+        # union_by_name (segments written by different recorder versions) makes DuckDB read every
+        # footer again each time a query is planned: only when the segments' columns differ.
+        union = "false" if self._one_layout else "true"
         self.con.execute(
-            f"CREATE VIEW raw_collectives AS SELECT * FROM read_parquet([{files}], union_by_name = true, "
+            f"CREATE VIEW raw_collectives AS SELECT * FROM read_parquet([{files}], union_by_name = {union}, "
             "hive_partitioning = false)"
         )
         self._create_sample_views()
-        # One timeline: a rank's timestamps plus its measured offset to rank 0's clock.
-        self.con.execute("""
+        # One timeline: a rank's timestamps plus its measured offset to rank 0's clock. The offsets
+        # are a constant list indexed by rank (a join per event costs a fifth of a scan).
+        by_rank = dict(offsets)
+        if by_rank and all(isinstance(r, int) and 0 <= r < 1_000_000 for r in by_rank):
+            listed = ", ".join(str(by_rank.get(r, 0)) for r in range(max(by_rank) + 1))
+            shift = f"coalesce(list_extract([{listed}]::BIGINT[], c.rank + 1), 0)"
+            source = "raw_collectives c"
+        else:
+            shift = "coalesce(o.offset_ns, 0)"
+            source = "raw_collectives c LEFT JOIN clock_offsets o USING (rank)"
+        self.con.execute(f"""
             CREATE VIEW collectives AS
-            SELECT c.* REPLACE (c.t_start_ns + coalesce(o.offset_ns, 0) AS t_start_ns,
-                                c.t_end_ns + coalesce(o.offset_ns, 0) AS t_end_ns),
+            SELECT c.* REPLACE (c.t_start_ns + {shift} AS t_start_ns, c.t_end_ns + {shift} AS t_end_ns),
                    (c.t_end_ns - c.t_start_ns) / 1e6 AS duration_ms
-            FROM raw_collectives c LEFT JOIN clock_offsets o USING (rank)
+            FROM {source}
         """)
 
     def _create_sample_views(self) -> None:
@@ -165,6 +193,37 @@ class Run:
     def hosts(self) -> list[str]:
         return sorted({str(m.get("host")) for m in self.ranks.values() if m.get("host")})
 
+    def ensure_instances(self) -> None:
+        """Create the ``instances`` table (once): one row per collective instance (pg, seq), p2p left out.
+
+        Columns: key (hash(pg, seq): a one-column join key back to the events), op, pg_size, ranks
+        (members that recorded it), done_ranks (completed it, ok), complete (every recorded one has an
+        end), ok (every status ok), disagree (members' op, size or dtype differ), bytes_in/bytes_out
+        (max), first_start_ns, last_start_ns, last_end_ns, last_rank (the last arriver). The findings
+        share it: one pass over the collectives instead of one per finding, and a table ~pg_size
+        times smaller than the events it summarises.
+        """
+        if self._instances_ready:
+            return
+        self.con.execute(f"""
+            CREATE TEMP TABLE instances AS
+            SELECT pg, seq, hash(pg, seq) AS key, any_value(op) AS op, any_value(pg_size) AS pg_size, count(*) AS ranks,
+                   count(*) FILTER (WHERE ok_end) AS done_ranks,
+                   count(t_end_ns) = count(*) AS complete, count(*) FILTER (WHERE status = 'ok') = count(*) AS ok,
+                   min(signature) <> max(signature) AS disagree,
+                   max(bytes_in) AS bytes_in, max(bytes_out) AS bytes_out,
+                   min(t_start_ns) AS first_start_ns, max(t_start_ns) AS last_start_ns,
+                   max(t_end_ns) AS last_end_ns, arg_max(rank, t_start_ns) AS last_rank
+            FROM (
+                SELECT pg, seq, op, pg_size, rank, status, bytes_in, bytes_out, t_start_ns, t_end_ns,
+                       t_end_ns IS NOT NULL AND status = 'ok' AS ok_end,
+                       hash(op, {SIGNATURE_SIZE_SQL}, dtype) AS signature
+                FROM collectives WHERE op NOT IN {P2P_OPS_SQL}
+            )
+            GROUP BY pg, seq
+        """)
+        self._instances_ready = True
+
     def sql(self, query: str, params: list | None = None):
         """Run a query over the views; returns a polars DataFrame."""
         return self.con.sql(query, params=params).pl() if params else self.con.sql(query).pl()
@@ -187,10 +246,21 @@ def _read_json(path: str, problems: list[str]):
 
 
 def _check_segment(path: str, required: set[str] = REQUIRED_COLUMNS) -> str | None:
+    return _inspect_segment(path, required)[0]
+
+
+def _inspect_segment(path: str, required: set[str] = REQUIRED_COLUMNS) -> tuple[str | None, tuple]:
+    """(why the segment cannot be used, or None; its column names and types)."""
     try:
         meta = pq.read_metadata(path)
     except Exception as exc:
-        return f"not a readable Parquet file: {exc.__class__.__name__}"
+        return f"not a readable Parquet file: {exc.__class__.__name__}", ()
+    reason = _check_metadata(meta, required)
+    layout = tuple((c.name, c.physical_type, c.logical_type.type) for c in meta.schema) if reason is None else ()
+    return reason, layout
+
+
+def _check_metadata(meta, required: set[str]) -> str | None:
     kv = meta.metadata or {}
     version = kv.get(b"commtrace.schema_version")
     if version is None:
