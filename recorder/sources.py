@@ -425,21 +425,21 @@ class TcpConnections(Source):
     RTT in us, bytes, delivery rate ...). Read every 2 s: the figures are cumulative and move
     slowly, and a dump of the namespace's connections costs ten times a file read. Which
     connections are the job's (their socket inodes, found under ``/proc/<pid>/fd`` of the pids in
-    the run's pid file) is worked out at parse time, and again only when a connection the sampler
-    has not classified yet shows up (at most every few seconds).
+    the run's pid file) is decided when the dump is taken, while the sockets exist, and looked up
+    again only when a connection the sampler has not seen before shows up (at most once a second).
     """
 
     name = "tcp_conn"
     period_s = 2.0
-    INODE_REFRESH_S = 5.0
+    INODE_REFRESH_S = 1.0
 
     def __init__(self, pid_file: str | None) -> None:
         from recorder import tcp_diag
 
         self.diag = tcp_diag
         self.pid_file = pid_file
-        self.ours: set[int] = set()
-        self.known: set[int] = set()  # every inode classified at the last refresh, ours or not
+        self.ours: frozenset[int] = frozenset()  # replaced, never changed: captures keep a snapshot
+        self.known: set[int] = set()  # every inode classified so far, ours or not
         self.refreshed_at = float("-inf")
         try:
             self.sock = tcp_diag.open_diag_socket()
@@ -457,22 +457,23 @@ class TcpConnections(Source):
         except OSError:
             return set()
 
-    def capture(self) -> list[bytes]:
-        return self.diag.dump_raw(self.sock)
-
-    def parse(self, raw: list[bytes]):
+    def capture(self) -> tuple[list[bytes], frozenset[int]]:
         import time
 
-        conns = self.diag.parse_raw(raw)
-        inodes = {conn["inode"] for conn in conns}
+        chunks = self.diag.dump_raw(self.sock)
+        inodes = self.diag.chunk_inodes(chunks)
         now = time.monotonic()
         if not inodes <= self.known and now - self.refreshed_at >= self.INODE_REFRESH_S:
-            self.ours = self.diag.socket_inodes(self._pids())
+            self.ours = frozenset(self.diag.socket_inodes(self._pids()))
             self.known = inodes | self.ours
             self.refreshed_at = now
+        return chunks, self.ours
+
+    def parse(self, raw: tuple[list[bytes], frozenset[int]]):
+        chunks, ours = raw
         out = []
-        for conn in conns:
-            if conn["inode"] in self.ours:
+        for conn in self.diag.parse_raw(chunks):
+            if conn["inode"] in ours:
                 device = f"{conn['local']}>{conn['remote']}"
                 out.extend((device, None, counter, value) for counter, value in conn["info"].items())
         return out

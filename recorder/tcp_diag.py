@@ -154,6 +154,24 @@ def dump_raw(sock: socket.socket) -> list[bytes]:
     return chunks
 
 
+_INODE_AT = _NLMSGHDR.size + 4 + _SOCKID.size + _SOCKID_TAIL.size + 16  # inet_diag_msg.idiag_inode
+
+
+def chunk_inodes(chunks: list[bytes]) -> set[int]:
+    """The socket inodes in a raw dump, without parsing the rest (cheap enough for every capture)."""
+    inodes = set()
+    for data in chunks:
+        offset = 0
+        while offset + _NLMSGHDR.size <= len(data):
+            length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+            if length < _NLMSGHDR.size:
+                break
+            if kind == SOCK_DIAG_BY_FAMILY and offset + _INODE_AT + 4 <= len(data):
+                inodes.add(struct.unpack_from("=I", data, offset + _INODE_AT)[0])
+            offset += (length + 3) & ~3
+    return inodes
+
+
 def parse_raw(chunks: list[bytes]) -> list[dict]:
     conns = []
     for data in chunks:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 import time
 
 import pyarrow.parquet as pq
@@ -250,3 +251,25 @@ def test_nvml_absent_without_library(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "pynvml", None)
     assert not Nvml().present
+
+
+def test_tcp_dump_inodes_without_parsing():
+    import socket
+
+    from recorder import tcp_diag
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    try:
+        sock = tcp_diag.open_diag_socket()
+        chunks = tcp_diag.dump_raw(sock)
+        sock.close()
+        parsed = {c["inode"] for c in tcp_diag.parse_raw(chunks)}
+        assert tcp_diag.chunk_inodes(chunks) == parsed
+        assert os.fstat(client.fileno()).st_ino in parsed and os.fstat(accepted.fileno()).st_ino in parsed
+    finally:
+        for s in (client, accepted, server):
+            s.close()
