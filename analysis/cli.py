@@ -116,7 +116,12 @@ def cmd_hangs(args: argparse.Namespace) -> int:
 
 def cmd_network(args: argparse.Namespace) -> int:
     run = _open(args)
-    parts = {"interfaces": findings.network(run), "tcp": findings.tcp_loss(run), "rdma": findings.rdma(run)}
+    parts = {
+        "interfaces": findings.network(run),
+        "tcp": findings.tcp_loss(run),
+        "rdma": findings.rdma(run),
+        "bad_intervals": findings.bad_intervals(run),
+    }
     if args.format == "json":
         import json
 
@@ -129,6 +134,7 @@ def cmd_network(args: argparse.Namespace) -> int:
         "interfaces": "per host and interface (/proc/net/dev between samples):",
         "tcp": "TCP retransmissions (host: segments, /proc/net/snmp; connections: bytes, sock_diag):",
         "rdma": "RDMA ports (bytes from 4-byte words; the error and congestion counters that moved):",
+        "bad_intervals": "intervals in which loss or error counters moved, and the collectives they overlapped:",
     }
     shown = False
     for key, frame in parts.items():

@@ -258,6 +258,67 @@ def network(run: Run) -> pl.DataFrame:
     """)
 
 
+# Counters whose increase means loss, errors or congestion (the RDMA ones: anything that is not
+# a data or packet count).
+_BAD_COUNTERS_SQL = """
+    (source = 'net_dev' AND counter IN ('rx_errs', 'tx_errs', 'rx_drop', 'tx_drop', 'rx_fifo', 'tx_fifo',
+                                         'rx_frame', 'tx_carrier'))
+    OR (source = 'snmp' AND counter IN ('RetransSegs', 'InErrs', 'InCsumErrors'))
+    OR (source = 'netstat' AND counter IN ('TCPTimeouts', 'TCPLostRetransmit'))
+    OR (source = 'tcp_conn' AND counter = 'total_retrans')
+    OR (source = 'rdma' AND counter NOT LIKE '%bytes' AND counter NOT LIKE '%_data' AND counter NOT LIKE '%packets'
+        AND counter NOT LIKE '%_wrs' AND counter NOT IN ('tx_pkts', 'rx_pkts'))
+"""
+
+
+def bad_intervals(run: Run) -> pl.DataFrame:
+    """Sampling intervals in which a host's loss or error counters moved, and the collectives of that
+    host's ranks that overlapped them (what the bad interval may have slowed down).
+
+    Sample times are the host's clock; they are moved onto rank 0's timeline with the measured offset
+    of the host's lowest rank. A collective overlaps if it started before the interval ended and
+    ended (or, in flight, started) after it began.
+    """
+    hosts = sorted((rank, str(meta.get("host"))) for rank, meta in run.ranks.items() if meta.get("host"))
+    if not hosts:
+        return pl.DataFrame()
+    values = ", ".join(f"({rank}, {_literal(host)})" for rank, host in hosts)
+    return run.sql(f"""
+        WITH rank_hosts(rank, host) AS (VALUES {values}),
+        host_offsets AS (
+            SELECT h.host, arg_min(coalesce(o.offset_ns, 0), h.rank) AS offset_ns
+            FROM rank_hosts h LEFT JOIN clock_offsets o USING (rank) GROUP BY h.host
+        ),
+        bad AS (
+            SELECT d.host, d.source, d.device, d.counter, d.delta,
+                   d.t0_ns + coalesce(h.offset_ns, 0) AS t0_ns, d.t1_ns + coalesce(h.offset_ns, 0) AS t1_ns
+            FROM counter_deltas d LEFT JOIN host_offsets h USING (host)
+            WHERE d.delta > 0 AND ({_BAD_COUNTERS_SQL})
+        ),
+        overlapping AS (
+            SELECT b.host, b.source, b.device, b.counter, b.t0_ns, b.t1_ns, c.rank, c.pg, c.op
+            FROM bad b
+            JOIN rank_hosts h ON h.host = b.host
+            JOIN collectives c ON c.rank = h.rank AND c.t_start_ns < b.t1_ns
+                               AND coalesce(c.t_end_ns, c.t_start_ns) > b.t0_ns
+        )
+        SELECT b.host, b.source, b.device, b.counter, b.t0_ns, b.t1_ns,
+               round((b.t1_ns - b.t0_ns) / 1e9, 3) AS seconds, CAST(b.delta AS BIGINT) AS delta,
+               count(o.rank) AS overlapping_collectives,
+               coalesce(list(DISTINCT o.pg || ':' || o.op ORDER BY o.pg || ':' || o.op)
+                        FILTER (WHERE o.rank IS NOT NULL), []) AS ops
+        FROM bad b LEFT JOIN overlapping o
+             ON o.host = b.host AND o.source = b.source AND o.device = b.device AND o.counter = b.counter
+            AND o.t0_ns = b.t0_ns
+        GROUP BY ALL
+        ORDER BY b.t0_ns, b.host, b.source, b.device, b.counter
+    """)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def tcp_loss(run: Run) -> pl.DataFrame:
     """TCP retransmission rate as the loss figure on TCP transports, per host and per connection.
 

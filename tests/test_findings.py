@@ -193,6 +193,12 @@ def test_network_counters_wrap_reset_and_units(tmp_path):
     assert dict(port["moved_counters"]) == {"out_of_sequence": 5}
     (tcp,) = findings.tcp_loss(run).to_dicts()
     assert (tcp["connection"], tcp["unit"], tcp["tcp_retrans_pct"]) == ("all", "segments", pytest.approx(2.0))
+    # The drops, the retransmissions and the RoCE sequence errors all fell in the first second, while
+    # seqs 0-2 ran on both ranks of host h0.
+    bad = {(r["source"], r["counter"]): r for r in findings.bad_intervals(run).to_dicts()}
+    assert set(bad) == {("net_dev", "rx_drop"), ("snmp", "RetransSegs"), ("rdma", "out_of_sequence")}
+    assert bad[("net_dev", "rx_drop")]["delta"] == 3 and bad[("net_dev", "rx_drop")]["t0_ns"] == T0
+    assert all(r["overlapping_collectives"] == 6 and r["ops"] == ["0:all_reduce"] for r in bad.values())
 
 
 def _set_meta(run_dir, rank, **fields):
