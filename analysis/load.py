@@ -63,8 +63,7 @@ class Run:
                 ranks.setdefault(meta["rank"], meta)
         segments = []
         found = sorted(glob.glob(os.path.join(path, "rank=*", "collectives-*.parquet")))
-        with ThreadPoolExecutor(max_workers=8) as pool:  # footers of thousands of files: I/O-bound
-            checked = list(pool.map(_inspect_segment, found))
+        checked = _inspect_segments(found)
         layouts = set()
         for seg, (reason, names) in zip(found, checked, strict=True):
             if reason is None:
@@ -91,8 +90,8 @@ class Run:
             (r, int(((m.get("clock") or {}).get("start") or {}).get("offset_ns") or 0)) for r, m in self.ranks.items()
         ]
         self.con.execute("CREATE TABLE clock_offsets (rank INTEGER, offset_ns BIGINT)")
-        for rank, offset in offsets:
-            self.con.sql("INSERT INTO clock_offsets VALUES (?, ?)", params=[rank, offset])
+        if offsets:
+            self.con.executemany("INSERT INTO clock_offsets VALUES (?, ?)", offsets)
         # Group membership as each rank wrote it: who should take part in a group's collectives.
         self.con.execute("CREATE TABLE group_members (pg VARCHAR, rank INTEGER)")
         members = set()
@@ -100,8 +99,8 @@ class Run:
             for group in meta.get("process_groups") or []:
                 if isinstance(group, dict) and isinstance(group.get("ranks"), list):
                     members.update((str(group.get("pg")), int(r)) for r in group["ranks"] if isinstance(r, int))
-        for pg, rank in sorted(members):
-            self.con.sql("INSERT INTO group_members VALUES (?, ?)", params=[pg, rank])
+        if members:
+            self.con.executemany("INSERT INTO group_members VALUES (?, ?)", sorted(members))
         files = ", ".join(_sql_string(p) for p in self.segments)
         # hive_partitioning off: the rank=NNNNN folders must not replace the files' own (integer) rank.
         # union_by_name (segments written by different recorder versions) makes DuckDB read every
@@ -136,17 +135,19 @@ class Run:
         other decrease a reset (the delta is the new value). ``port_xmit_data``/``port_rcv_data``
         count 4-byte words; ``bytes`` holds the delta in bytes where the counter counts bytes.
         """
-        files = []
-        for path in sorted(glob.glob(os.path.join(self.path, "host=*", "nic-*.parquet"))):
-            reason = _check_segment(path, SAMPLE_COLUMNS)
+        files, layouts = [], set()
+        found = sorted(glob.glob(os.path.join(self.path, "host=*", "nic-*.parquet")))
+        for path, (reason, layout) in zip(found, _inspect_segments(found, SAMPLE_COLUMNS), strict=True):
             if reason is None:
                 files.append(path)
+                layouts.add(layout)
             else:
                 self.problems.append(f"{os.path.relpath(path, self.path)}: skipped ({reason})")
         if files:
             listed = ", ".join(_sql_string(p) for p in files)
+            union = "false" if len(layouts) == 1 else "true"
             self.con.execute(
-                f"CREATE VIEW samples AS SELECT * FROM read_parquet([{listed}], union_by_name = true, "
+                f"CREATE VIEW samples AS SELECT * FROM read_parquet([{listed}], union_by_name = {union}, "
                 "hive_partitioning = false)"
             )
         else:
@@ -245,24 +246,53 @@ def _read_json(path: str, problems: list[str]):
         return None
 
 
-def _check_segment(path: str, required: set[str] = REQUIRED_COLUMNS) -> str | None:
-    return _inspect_segment(path, required)[0]
-
-
 def _inspect_segment(path: str, required: set[str] = REQUIRED_COLUMNS) -> tuple[str | None, tuple]:
     """(why the segment cannot be used, or None; its column names and types)."""
     try:
         meta = pq.read_metadata(path)
     except Exception as exc:
         return f"not a readable Parquet file: {exc.__class__.__name__}", ()
-    reason = _check_metadata(meta, required)
-    layout = tuple((c.name, c.physical_type, c.logical_type.type) for c in meta.schema) if reason is None else ()
+    version = (meta.metadata or {}).get(b"commtrace.schema_version")
+    reason = _verdict(version, set(meta.schema.names), required)
+    layout = tuple((c.name, c.physical_type) for c in meta.schema) if reason is None else ()
     return reason, layout
 
 
-def _check_metadata(meta, required: set[str]) -> str | None:
-    kv = meta.metadata or {}
-    version = kv.get(b"commtrace.schema_version")
+def _inspect_segments(paths: list[str], required: set[str] = REQUIRED_COLUMNS) -> list[tuple[str | None, tuple]]:
+    """``_inspect_segment`` for many files at once: DuckDB reads every footer in one parallel call
+    (a run of thousands of segments in a few tens of ms); if any file is unreadable it cannot say
+    which, and each file is then read on its own."""
+    if not paths:
+        return []
+    con = duckdb.connect()
+    try:
+        versions = dict(
+            con.execute(
+                "SELECT file_name, value FROM parquet_kv_metadata(?) WHERE key = 'commtrace.schema_version'::BLOB",
+                [paths],
+            ).fetchall()
+        )
+        columns: dict[str, list] = {}
+        for name, column, physical in con.execute(
+            "SELECT file_name, name, type FROM parquet_schema(?) WHERE num_children IS NULL OR num_children = 0",
+            [paths],
+        ).fetchall():
+            columns.setdefault(name, []).append((column, physical))
+    except duckdb.Error:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(lambda p: _inspect_segment(p, required), paths))
+    finally:
+        con.close()
+    out = []
+    for path in paths:
+        layout = tuple(columns.get(path, ()))
+        reason = _verdict(versions.get(path), {c for c, _ in layout}, required)
+        out.append((reason, layout if reason is None else ()))
+    return out
+
+
+def _verdict(version: bytes | None, names: set[str], required: set[str]) -> str | None:
+    """Why a segment with this schema-version metadata and these columns cannot be used, or None."""
     if version is None:
         return "not written by the commtrace recorder"
     try:
@@ -270,7 +300,7 @@ def _check_metadata(meta, required: set[str]) -> str | None:
             return f"schema version {int(version)} is newer than this analysis ({SCHEMA_VERSION}); upgrade commtrace"
     except ValueError:
         return "unreadable schema version"
-    missing = required - set(meta.schema.names)
+    missing = required - names
     if missing:
         return f"missing columns {sorted(missing)}"
     return None
