@@ -21,11 +21,13 @@ import threading
 import time
 from datetime import timedelta
 
+import pyarrow as pa
+
 from recorder import _state, clock
 from recorder import capture as C
 from recorder._log import warn_once
 from recorder.config import Config, from_env
-from recorder.schema import RANK_META_PREFIX, RUN_META, SCHEMA_VERSION, safe_name
+from recorder.schema import PROBE_PREFIX, PROBE_SCHEMA, RANK_META_PREFIX, RUN_META, SCHEMA_VERSION, safe_name
 from recorder.writer import SegmentWriter, build_segment, wall_minus_mono
 
 ENV_PREFIXES = ("TORCH_", "NCCL_", "COMMTRACE_", "GLOO_", "TORCHELASTIC_", "MASTER_", "OMP_", "CUDA_")
@@ -127,6 +129,8 @@ class Session:
         self._flush_cpu_s = 0.0
         self._store = None
         self._startup_thread: threading.Thread | None = None
+        self._default_twin = None  # the default group's plain twin, kept for the link probe
+        self._probe_rows: list[dict] = []
         self.sampler = None
         # Started with the run (start()): a process that never makes a process group (torchrun's
         # agent, a data-prep script) runs no thread of ours.
@@ -144,6 +148,38 @@ class Session:
 
         if is_default and self.rank is None:
             self.start(pg.rank(), pg.size(), store)
+            if self.config.probe and pg.size() > 1:
+                self._default_twin = C._twin(pg)
+                self._probe("start")
+
+    def _probe(self, phase: str) -> None:
+        """The link probe (COMMTRACE_PROBE), in the caller's thread; its rows are written at the next flush."""
+        from recorder import probe
+
+        twin = self._default_twin
+        # The start-up thread measures clock offsets through the same store: a probe waiting in the
+        # store would starve it, so the probe goes second.
+        self._join_startup(STARTUP_SYNC_S)
+        try:
+            device = None
+            if _backend_name(twin) == "nccl":
+                import torch
+
+                device = torch.device("cuda", torch.cuda.current_device())
+            rows = probe.run(
+                twin,
+                self._store,
+                self.rank,
+                self.world_size,
+                phase,
+                self.config.probe_bytes,
+                self.config.probe_rounds,
+                device,
+            )
+            with self._lock:
+                self._probe_rows.extend(rows)
+        except Exception as exc:
+            warn_once(f"probe:{phase}", "link probe (%s) not measured: %r", phase, exc)
 
     def enable_cuda_timing(self, pg, info) -> None:
         """Have the backend time collectives with CUDA events (Work._get_duration), once per group."""
@@ -386,6 +422,9 @@ class Session:
             with self._lock:
                 if self.writer is None:
                     return
+                if self._probe_rows:
+                    rows, self._probe_rows = self._probe_rows, []
+                    self.writer.write(pa.Table.from_pylist(rows, schema=PROBE_SCHEMA), PROBE_PREFIX)
                 # Completions first: every completion drained has its issue already in the buffer.
                 dones = _drain(self.done)
                 issues = self.inflight + _drain(self.buffer)
@@ -436,6 +475,8 @@ class Session:
             except Exception:
                 return
         self._join_startup(STARTUP_SYNC_S)
+        if self._default_twin is not None:
+            self._probe("end")
         if self.sampler is not None:
             try:
                 self.sampler.sample_now()

@@ -46,6 +46,20 @@ COMMTRACE_SAMPLE_FLUSH_S = "COMMTRACE_SAMPLE_FLUSH_S"
 more than sampling, and cumulative counters lose only resolution, not totals, if the last interval is
 lost."""
 
+COMMTRACE_PROBE = "COMMTRACE_PROBE"
+"""Set to 1 to measure point-to-point bandwidth and latency between hosts when the default group is
+created and again before it is destroyed (default off). One rank per host takes part, in a few
+shift rounds (host i sends to host i+k); the probe adds a few seconds to start-up and shutdown, more
+on slow links. What it finds lets the analysis name a slow link, which collective timings cannot."""
+
+COMMTRACE_PROBE_BYTES = "COMMTRACE_PROBE_BYTES"
+"""Bytes of each bandwidth transfer of the link probe (default 4194304): large enough that a
+shaper's burst or a TCP ramp does not flatter the figure."""
+
+COMMTRACE_PROBE_ROUNDS = "COMMTRACE_PROBE_ROUNDS"
+"""Shift rounds of the link probe (default 2): round k pairs host i with host i+k, so round 1 alone
+puts every host's link under test in both directions."""
+
 COMMTRACE_PROC_ROOT = "COMMTRACE_PROC_ROOT"
 """Where the sampler finds ``proc/net/...`` (default ``/``); tests point it at fixture trees."""
 
@@ -67,6 +81,9 @@ ALL_VARIABLES = (
     COMMTRACE_CUDA_TIMING,
     COMMTRACE_SAMPLE_HZ,
     COMMTRACE_SAMPLE_FLUSH_S,
+    COMMTRACE_PROBE,
+    COMMTRACE_PROBE_BYTES,
+    COMMTRACE_PROBE_ROUNDS,
     COMMTRACE_PROC_ROOT,
     COMMTRACE_SYS_ROOT,
     COMMTRACE_DISABLE,
@@ -85,7 +102,10 @@ class Config:
     clock_rounds: int = 5
     cuda_timing: bool = True
     sample_hz: float = 10.0
-    sample_flush_s: float = 5.0
+    sample_flush_s: float = 10.0
+    probe: bool = False
+    probe_bytes: int = 4 << 20
+    probe_rounds: int = 2
     proc_root: str = "/"
     sys_root: str = "/"
     disabled: bool = False
@@ -104,6 +124,9 @@ class Config:
             "cuda_timing": self.cuda_timing,
             "sample_hz": self.sample_hz,
             "sample_flush_s": self.sample_flush_s,
+            "probe": self.probe,
+            "probe_bytes": self.probe_bytes,
+            "probe_rounds": self.probe_rounds,
             "proc_root": self.proc_root,
             "sys_root": self.sys_root,
         }
@@ -159,6 +182,9 @@ def from_env(env: dict[str, str] | None = None, **overrides: object) -> Config:
         "cuda_timing": _flag(env, COMMTRACE_CUDA_TIMING, True),
         "sample_hz": _number(env, COMMTRACE_SAMPLE_HZ, 10.0, float, 0.0),
         "sample_flush_s": _number(env, COMMTRACE_SAMPLE_FLUSH_S, 10.0, float, 0.01),
+        "probe": _flag(env, COMMTRACE_PROBE, False),
+        "probe_bytes": _number(env, COMMTRACE_PROBE_BYTES, 4 << 20, int, 1024),
+        "probe_rounds": _number(env, COMMTRACE_PROBE_ROUNDS, 2, int, 1),
         "proc_root": env.get(COMMTRACE_PROC_ROOT) or "/",
         "sys_root": env.get(COMMTRACE_SYS_ROOT) or "/",
         "disabled": _flag(env, COMMTRACE_DISABLE, False),

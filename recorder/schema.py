@@ -71,3 +71,27 @@ SAMPLE_SCHEMA = pa.schema(
 )
 """One row per counter per sample: the raw cumulative value as the kernel shows it (``value``), or a
 descriptive one (``text``, e.g. an interface's operstate). ``t_ns`` is wall-clock ns of the sample."""
+
+PROBE_PREFIX = "probe"
+
+PROBE_SCHEMA = pa.schema(
+    [
+        ("phase", pa.string()),
+        ("round", pa.int32()),
+        ("src_rank", pa.int32()),
+        ("src_host", pa.string()),
+        ("dst_rank", pa.int32()),
+        ("dst_host", pa.string()),
+        ("bytes", pa.int64()),
+        ("repetitions", pa.int32()),
+        ("transfer_s", pa.float64()),
+        ("bandwidth_gbps", pa.float64()),
+        ("latency_us", pa.float64()),
+        ("t_ns", pa.int64()),
+    ]
+)
+"""The link probe (``rank=*/probe-*.parquet``): one row per (phase, round) on each probing rank, for
+the link from ``src`` to this rank (``dst``), measured where the data arrives. ``phase`` is
+``start`` or ``end``; ``transfer_s`` is the median time to receive ``bytes`` over ``repetitions``
+transfers, ``bandwidth_gbps`` = bytes / transfer_s / 1e9 (GB/s); ``latency_us`` the median time of
+an 8-byte exchange in the same shift. ``t_ns``: wall-clock ns (this rank's clock) of the round."""

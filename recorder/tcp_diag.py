@@ -81,7 +81,8 @@ def _address(family: int, raw: bytes) -> str:
     """An address as text (cached: a job talks to the same few peers on every dump)."""
     if family == socket.AF_INET:
         return str(ipaddress.IPv4Address(raw[:4]))
-    return str(ipaddress.IPv6Address(raw))
+    address = ipaddress.IPv6Address(raw)
+    return str(address.ipv4_mapped or address)  # an IPv4 peer on a dual-stack socket: its IPv4 address
 
 
 def parse_messages(data: bytes) -> tuple[list[dict], bool]:
