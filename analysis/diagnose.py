@@ -4,16 +4,24 @@ The object (``analyze-trace diagnose --format json``; other tools parse it, so f
 added, never renamed):
 
     {"run_id": str, "world_size": int | null, "hosts": [str],
-     "stragglers":  [{"rank", "host", "times_last", "mean_lateness_ms", "p95_lateness_ms", "outlier_score"}],
+     "stragglers":  [{"rank", "host", "times_last", "mean_lateness_ms", "p95_lateness_ms", "outlier_score",
+                      "compute_share"}],
      "slow_links":  [{"host", "interface", "evidence"}],
-     "packet_loss": [{"host", "interface", "connection", "source", "loss_pct"}],
+     "packet_loss": [{"host", "interface", "connection", "source", "loss_pct", "evidence"?}],
      "hangs":       [{"pg", "seq", "op", "missing_ranks", "stuck_ranks"}],
      "desyncs":     [{"pg", "seq", "culprit_rank", "kind", "expected_op", "culprit_op"}],
      "dead_ranks":  [{"rank", "host", "last_op", "last_pg", "last_seq", "last_status", "last_event_ns"}],
      "problems":    [str]}
 
-Every list holds only what was flagged; a healthy run has them all empty. ``problems`` lists files
-that could not be read. ``slow_links`` needs the link probe (not recorded yet), so it is empty today.
+Every list holds only what was flagged; a healthy run has them all empty. ``packet_loss`` names
+a host whose link loses packets, from the job's own TCP connections (``source`` "tcp_conn",
+``connection`` null, ``evidence`` with the connection figures; see findings.lossy_hosts), or, for
+a run without per-connection samples, any host whose TCP retransmission total is high (``source``
+"snmp"; every host that sends into a lossy link shows it); and any interface with errors or drops
+(``source`` "net_dev"). ``problems`` lists files
+that could not be read. ``slow_links`` comes from the link probe (COMMTRACE_PROBE) and is empty for
+a run recorded without it; its ``evidence`` holds the probe's figures (GB/s): the best and median
+of the host's pairs and the median of the other pairs.
 """
 
 from __future__ import annotations
@@ -26,35 +34,65 @@ from analysis.load import Run
 
 @dataclass(frozen=True)
 class Thresholds:
-    straggler_score: float = 3.5  # robust z-score of a rank's median lateness
+    straggler_score: float = 3.5  # robust z-score of a rank's mean lateness
     straggler_min_lateness_ms: float = 1.0  # and late by at least this on average
+    straggler_min_times_last: int = 3  # and the last to arrive at least this often (one late arrival is noise)
+    straggler_min_compute_share: float = 0.5  # and late mostly for time spent outside communication
     loss_pct: float = 0.5  # TCP retransmitted / sent, per host or connection
     dead_after_s: float = 2.0  # others kept writing this long after a rank's last event
+    slow_link_factor: float = 0.5  # every probed pair of the host below this x the other pairs' median
 
 
 def diagnose(run: Run, thresholds: Thresholds = Thresholds()) -> dict:
     hosts_by_rank = {r: m.get("host") for r, m in run.ranks.items()}
     stragglers = [
         {
-            **{k: r[k] for k in ("rank", "times_last", "mean_lateness_ms", "p95_lateness_ms", "outlier_score")},
+            **{
+                k: r[k]
+                for k in ("rank", "times_last", "mean_lateness_ms", "p95_lateness_ms", "outlier_score", "compute_share")
+            },
             "host": hosts_by_rank.get(r["rank"]),
         }
         for r in findings.stragglers(run).to_dicts()
         if r["outlier_score"] is not None
         and r["outlier_score"] > thresholds.straggler_score
         and r["mean_lateness_ms"] >= thresholds.straggler_min_lateness_ms
+        and r["times_last"] >= thresholds.straggler_min_times_last
+        and (r["compute_share"] or 0.0) >= thresholds.straggler_min_compute_share
     ]
-    packet_loss = [
-        {
-            "host": r["host"],
-            "interface": None,
-            "connection": None if r["connection"] == "all" else r["connection"],
-            "source": "snmp" if r["connection"] == "all" else "tcp_conn",
-            "loss_pct": r["tcp_retrans_pct"],
-        }
-        for r in findings.tcp_loss(run).to_dicts()
-        if r["tcp_retrans_pct"] is not None and r["tcp_retrans_pct"] >= thresholds.loss_pct
-    ]
+    # Loss is pinned on a host by the job's own connections where the sampler saw them; the hosts'
+    # TCP totals (every host that sends into a lossy link retransmits) only where it did not.
+    per_connection = run.sql("SELECT 1 FROM samples WHERE source = 'tcp_conn' LIMIT 1").height > 0
+    if per_connection:
+        packet_loss = [
+            {
+                "host": r["host"],
+                "interface": r["interface"],
+                "connection": None,
+                "source": "tcp_conn",
+                "loss_pct": r["loss_pct"],
+                "evidence": {
+                    "connections": r["connections"],
+                    "min_loss_pct": r["min_loss_pct"],
+                    "others_median_loss_pct": r["others_loss_pct"],
+                },
+            }
+            for r in findings.lossy_hosts(run, thresholds.loss_pct).to_dicts()
+        ]
+    else:
+        packet_loss = [
+            {
+                "host": r["host"],
+                "interface": None,
+                "connection": None,
+                "source": "snmp",
+                "loss_pct": r["tcp_retrans_pct"],
+            }
+            for r in findings.tcp_loss(run).to_dicts()
+            if r["connection"] == "all"
+            and r["tcp_retrans_pct"] is not None
+            and r["tcp_retrans_pct"] >= thresholds.loss_pct
+        ]
     packet_loss += [
         {
             "host": r["host"],
@@ -71,7 +109,20 @@ def diagnose(run: Run, thresholds: Thresholds = Thresholds()) -> dict:
         "world_size": run.world_size,
         "hosts": run.hosts,
         "stragglers": stragglers,
-        "slow_links": [],
+        "slow_links": [
+            {
+                "host": r["host"],
+                "interface": r["interface"],
+                "evidence": {
+                    "source": "probe",
+                    "pairs": r["pairs"],
+                    "best_gbps": r["best_gbps"],
+                    "median_gbps": r["median_gbps"],
+                    "others_median_gbps": r["others_gbps"],
+                },
+            }
+            for r in findings.slow_links(run, thresholds.slow_link_factor).to_dicts()
+        ],
         "packet_loss": packet_loss,
         "hangs": findings.hangs(run).to_dicts(),
         "desyncs": findings.desyncs(run).to_dicts(),

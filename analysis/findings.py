@@ -88,12 +88,22 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
     its peers: a slow rank, not a slow network. The mean, not the median, so that a rank late on a
     third of its collectives (a stall every few steps) stands out as much as one late on all of
     them. Only instances with an arrival skew of at least ``min_skew_ms`` count towards times_last.
+
+    Arriving late is not enough to be a slow rank: a rank behind a lossy or slow link finishes its
+    previous collective late and so starts the next one late too. ``mean_gap_ms`` is the rank's mean
+    time between finishing one collective and starting the next (its compute, data loading, host
+    work); ``compute_share`` = (its mean gap - the ranks' median mean gap) / its mean lateness,
+    clipped to [0, 1]: near 1, the rank is late because it spent longer outside communication (a
+    slow rank); near 0, because its communication ended late (the network). The mean gap is
+    computed without ordering the events: over a rank's n collectives, the sum of the gaps is
+    (sum of starts - first start) - (sum of ends - last end).
     """
     return run.sql(
         f"""
         WITH inst AS ({_instances_sql(run)}),
         late AS (
-            SELECT c.rank, c.pg, c.seq, (c.t_start_ns - i.first_start_ns) / 1e6 AS lateness_ms,
+            SELECT c.rank, c.pg, c.seq, c.t_start_ns, c.t_end_ns,
+                   (c.t_start_ns - i.first_start_ns) / 1e6 AS lateness_ms,
                    (i.last_rank = c.rank AND (i.last_start_ns - i.first_start_ns) / 1e6 >= ?) AS was_last
             -- On the 64-bit hash of (pg, seq) alone: a fifth faster than the two columns, and a false
             -- match would need a hash collision between two instances of the same run.
@@ -101,17 +111,22 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
         ),
         per_rank AS (
             SELECT rank, count(*) AS collectives, count(*) FILTER (WHERE was_last) AS times_last,
-                   avg(lateness_ms) AS mean_lateness_ms, quantile_cont(lateness_ms, 0.95) AS p95_lateness_ms
+                   avg(lateness_ms) AS mean_lateness_ms, quantile_cont(lateness_ms, 0.95) AS p95_lateness_ms,
+                   CAST((sum(t_start_ns) - min(t_start_ns)) - (sum(t_end_ns) - max(t_end_ns)) AS DOUBLE)
+                       / greatest(count(*) - 1, 1) / 1e6 AS mean_gap_ms
             FROM late GROUP BY rank
         ),
         spread AS (
-            SELECT median(mean_lateness_ms) AS center,
+            SELECT median(mean_lateness_ms) AS center, median(mean_gap_ms) AS gap_center,
                    median(abs(mean_lateness_ms - (SELECT median(mean_lateness_ms) FROM per_rank))) AS mad
             FROM per_rank
         )
         SELECT rank, collectives, times_last, round(mean_lateness_ms, 3) AS mean_lateness_ms,
                round(p95_lateness_ms, 3) AS p95_lateness_ms,
-               round((mean_lateness_ms - center) / greatest(1.4826 * mad, 0.05), 2) AS outlier_score
+               round((mean_lateness_ms - center) / greatest(1.4826 * mad, 0.05), 2) AS outlier_score,
+               round(mean_gap_ms, 3) AS mean_gap_ms,
+               round(least(greatest((mean_gap_ms - gap_center) / nullif(mean_lateness_ms, 0), 0), 1), 2)
+                   AS compute_share
         FROM per_rank, spread
         ORDER BY rank
     """,
@@ -317,6 +332,114 @@ def bad_intervals(run: Run) -> pl.DataFrame:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def links(run: Run) -> pl.DataFrame:
+    """The link probe's host-pair matrix: per (source host, destination host), the median bandwidth
+    (GB/s, measured where the data arrived) and 8-byte exchange latency over both probe phases."""
+    return run.sql("""
+        SELECT src_host, dst_host, count(*) AS measurements,
+               round(median(bandwidth_gbps), 6) AS bandwidth_gbps,
+               round(median(bandwidth_gbps) * 8000, 1) AS bandwidth_mbitps,
+               round(median(latency_us), 1) AS latency_us,
+               round(median(bandwidth_gbps) FILTER (WHERE phase = 'start'), 6) AS start_gbps,
+               round(median(bandwidth_gbps) FILTER (WHERE phase = 'end'), 6) AS end_gbps
+        FROM probe GROUP BY src_host, dst_host ORDER BY src_host, dst_host
+    """)
+
+
+def slow_links(run: Run, factor: float = 0.5) -> pl.DataFrame:
+    """Hosts whose link is slow: every probed pair that involves the host (either direction) is slower
+    than ``factor`` x the median of the pairs that do not involve it.
+
+    A slow host link slows all of that host's pairs and none of the others', so the comparison names
+    the host rather than a pair; it needs at least three probed hosts (with two, both ends of the one
+    slow pair are equally suspect, and nothing is flagged). ``interface`` is the host's busiest
+    interface in the counter samples, if any.
+    """
+    return run.sql(
+        """
+        WITH pairs AS (
+            SELECT src_host, dst_host, median(bandwidth_gbps) AS gbps FROM probe GROUP BY ALL
+        ),
+        hosts AS (SELECT src_host AS host FROM pairs UNION SELECT dst_host FROM pairs),
+        per_host AS (
+            SELECT h.host,
+                   count(*) FILTER (WHERE p.src_host = h.host OR p.dst_host = h.host) AS pairs,
+                   max(p.gbps) FILTER (WHERE p.src_host = h.host OR p.dst_host = h.host) AS best_gbps,
+                   median(p.gbps) FILTER (WHERE p.src_host = h.host OR p.dst_host = h.host) AS median_gbps,
+                   median(p.gbps) FILTER (WHERE p.src_host <> h.host AND p.dst_host <> h.host) AS others_gbps
+            FROM hosts h, pairs p GROUP BY h.host
+        ),
+        busiest AS (
+            SELECT host, arg_max(interface, tx_bytes) AS interface
+            FROM (SELECT host, device AS interface, sum(bytes) AS tx_bytes FROM counter_deltas
+                  WHERE source = 'net_dev' AND counter = 'tx_bytes' AND device <> 'lo' GROUP BY ALL)
+            GROUP BY host
+        )
+        SELECT p.host, b.interface, p.pairs, round(p.best_gbps, 6) AS best_gbps,
+               round(p.median_gbps, 6) AS median_gbps, round(p.others_gbps, 6) AS others_gbps
+        FROM per_host p LEFT JOIN busiest b USING (host)
+        WHERE (SELECT count(*) FROM hosts) >= 3 AND p.others_gbps IS NOT NULL AND p.best_gbps < ? * p.others_gbps
+        ORDER BY p.host
+    """,
+        [factor],
+    )
+
+
+def lossy_hosts(run: Run, threshold_pct: float = 0.5, min_bytes: int = 1 << 20) -> pl.DataFrame:
+    """Hosts whose link loses packets, from the job's own TCP connections (sock_diag).
+
+    A lossy link makes every connection through it retransmit, in both directions, while the
+    sender's host totals (/proc/net/snmp) rise on every host that sends to it; so loss is pinned
+    on a host by its connections: each connection with at least ``min_bytes`` sent counts for both
+    its ends (the remote end found by its IP among the addresses the hosts' own connections use). A
+    host is lossy when every one of its connections (at least two) retransmitted at least
+    ``threshold_pct`` of the bytes sent, and the median connection not involving it lost less than a
+    quarter of that. Needs three hosts or more, like the link probe.
+    """
+    return run.sql(
+        """
+        WITH conn AS (
+            SELECT host, device,
+                   regexp_replace(split_part(device, '>', 1), ':[0-9]+$', '') AS local_ip,
+                   regexp_replace(split_part(device, '>', 2), ':[0-9]+$', '') AS remote_ip,
+                   sum(delta) FILTER (WHERE counter = 'bytes_retrans') AS retrans,
+                   sum(delta) FILTER (WHERE counter = 'bytes_sent') AS sent
+            FROM counter_deltas WHERE source = 'tcp_conn' GROUP BY host, device
+        ),
+        ip_host AS (SELECT DISTINCT local_ip AS ip, host FROM conn),
+        c AS (
+            SELECT conn.host AS a, ih.host AS b, coalesce(retrans, 0) AS retrans, sent,
+                   100.0 * coalesce(retrans, 0) / sent AS loss_pct
+            FROM conn JOIN ip_host ih ON ih.ip = conn.remote_ip
+            WHERE sent >= ? AND ih.host <> conn.host
+        ),
+        hosts AS (SELECT a AS host FROM c UNION SELECT b FROM c),
+        per_host AS (
+            SELECT h.host,
+                   count(*) FILTER (WHERE h.host IN (c.a, c.b)) AS connections,
+                   min(c.loss_pct) FILTER (WHERE h.host IN (c.a, c.b)) AS min_loss_pct,
+                   100.0 * sum(c.retrans) FILTER (WHERE h.host IN (c.a, c.b))
+                         / sum(c.sent) FILTER (WHERE h.host IN (c.a, c.b)) AS loss_pct,
+                   median(c.loss_pct) FILTER (WHERE h.host NOT IN (c.a, c.b)) AS others_loss_pct
+            FROM hosts h, c GROUP BY h.host
+        ),
+        busiest AS (
+            SELECT host, arg_max(interface, tx_bytes) AS interface
+            FROM (SELECT host, device AS interface, sum(bytes) AS tx_bytes FROM counter_deltas
+                  WHERE source = 'net_dev' AND counter = 'tx_bytes' AND device <> 'lo' GROUP BY ALL)
+            GROUP BY host
+        )
+        SELECT p.host, b.interface, p.connections, round(p.loss_pct, 4) AS loss_pct,
+               round(p.min_loss_pct, 4) AS min_loss_pct, round(p.others_loss_pct, 4) AS others_loss_pct
+        FROM per_host p LEFT JOIN busiest b USING (host)
+        WHERE (SELECT count(*) FROM hosts) >= 3 AND p.connections >= 2 AND p.min_loss_pct >= ?
+              AND coalesce(p.others_loss_pct, 0) * 4 < p.min_loss_pct
+        ORDER BY p.host
+    """,
+        [min_bytes, threshold_pct],
+    )
 
 
 def tcp_loss(run: Run) -> pl.DataFrame:

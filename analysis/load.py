@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = 1  # the newest trace schema this analysis understands
 REQUIRED_COLUMNS = {"rank", "pg", "seq", "op", "bytes_in", "bytes_out", "t_start_ns", "t_end_ns", "status"}
 SAMPLE_COLUMNS = {"t_ns", "host", "source", "device", "counter", "value"}
+PROBE_COLUMNS = {"phase", "src_host", "dst_host", "bandwidth_gbps", "latency_us"}
 P2P_OPS_SQL = "('send', 'recv', 'recv_anysource')"
 # What members of one collective must agree on besides op and dtype: the size each member sends
 # (scatter: what each receives); all_to_all splits may legally differ.
@@ -111,6 +112,7 @@ class Run:
             "hive_partitioning = false)"
         )
         self._create_sample_views()
+        self._create_probe_view()
         # One timeline: a rank's timestamps plus its measured offset to rank 0's clock. The offsets
         # are a constant list indexed by rank (a join per event costs a fifth of a scan).
         by_rank = dict(offsets)
@@ -180,6 +182,28 @@ class Run:
                    END AS bytes
             FROM deltas
         """)
+
+    def _create_probe_view(self) -> None:
+        """``probe``: the link probe's rows (COMMTRACE_PROBE), one per (phase, round, probing rank)."""
+        found = sorted(glob.glob(os.path.join(self.path, "rank=*", "probe-*.parquet")))
+        files = []
+        for path, (reason, _) in zip(found, _inspect_segments(found, PROBE_COLUMNS), strict=True):
+            if reason is None:
+                files.append(path)
+            else:
+                self.problems.append(f"{os.path.relpath(path, self.path)}: skipped ({reason})")
+        if files:
+            listed = ", ".join(_sql_string(p) for p in files)
+            self.con.execute(
+                f"CREATE VIEW probe AS SELECT * FROM read_parquet([{listed}], union_by_name = true, "
+                "hive_partitioning = false)"
+            )
+        else:
+            self.con.execute(
+                "CREATE TABLE probe (phase VARCHAR, round INTEGER, src_rank INTEGER, src_host VARCHAR, "
+                "dst_rank INTEGER, dst_host VARCHAR, bytes BIGINT, repetitions INTEGER, transfer_s DOUBLE, "
+                "bandwidth_gbps DOUBLE, latency_us DOUBLE, t_ns BIGINT)"
+            )
 
     @property
     def run_id(self) -> str:

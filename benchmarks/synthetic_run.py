@@ -2,9 +2,10 @@
 
 A run of ``ranks`` ranks, 8 per host, each rank recording ``per_rank`` collectives: half all_reduce
 on the default group (every rank), half all_gather_into_tensor / reduce_scatter_tensor on its host's
-8-rank tensor-parallel group, sizes from 4 KiB to 64 MiB. One rank (``straggler``) arrives late by
-``delay_ms`` on a random half of its collectives; every other rank's arrival jitter is ~20 us.
-Transfers take size / 20 GB/s x the op's bus factor plus 15 us. Each host's clock is off rank 0's by
+8-rank tensor-parallel group, sizes from 4 KiB to 64 MiB, simulated step by step: each rank computes
+~1 ms, joins the all_reduce, then its group's collective; a collective ends once its last member has
+arrived and the data has moved (size / 20 GB/s x the op's bus factor, plus 15 us). One rank
+(``straggler``) computes ``delay_ms`` longer before a random half of its steps. Each host's clock is off rank 0's by
 up to +-50 ms and the rank metadata holds the measured offsets, as the recorder writes them. Each
 host has /proc/net/dev (eth0, lo) and /proc/net/snmp samples at 10 Hz and 2 Hz.
 
@@ -30,7 +31,7 @@ from recorder.writer import SegmentWriter
 
 RANKS_PER_HOST = 8
 T0_NS = 1_800_000_000_000_000_000
-STEP_NS = 2_000_000  # one default-group collective and one TP collective every 2 ms
+COMPUTE_NS = 1_000_000  # each rank computes ~1 ms before each step's all_reduce
 BUS_GBPS = 20.0
 
 
@@ -38,22 +39,39 @@ def _dictionary(values: list[str], codes: np.ndarray) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(values, pa.string()))
 
 
-def _group_events(rng, n_inst, members, straggler, delay_ms, ops, factor, t_offset_ns):
-    """Arrival and completion times (true clock) for ``n_inst`` instances of one group."""
-    size_exp = rng.integers(12, 27, n_inst)
-    sizes = (2**size_exp).astype(np.int64)
-    op_codes = rng.integers(0, len(ops), n_inst)
-    base = T0_NS + t_offset_ns + np.arange(n_inst, dtype=np.int64) * STEP_NS
-    jitter = rng.exponential(20_000, (len(members), n_inst)).astype(np.int64)
-    starts = base[None, :] + jitter
-    if straggler in members:
-        row = members.index(straggler)
-        late = rng.random(n_inst) < 0.5
-        starts[row, late] += int(delay_ms * 1e6)
-    transfer = (sizes / (BUS_GBPS * 1e9) * factor(len(members)) * 1e9).astype(np.int64) + 15_000
-    last = starts.max(axis=0)
-    ends = last[None, :] + transfer[None, :] + rng.exponential(3_000, (len(members), n_inst)).astype(np.int64)
-    return sizes, op_codes, starts, ends
+def _simulate(rng, steps, ranks, straggler, delay_ms):
+    """Each step: compute, an all_reduce of every rank, then one TP collective per host group.
+
+    Every rank starts its next collective when it has finished its previous one and its compute;
+    a collective ends for everyone once its last member has arrived and the data has moved.
+    Returns sizes and op codes per group and (ranks, steps) start and end times (true clock).
+    """
+    groups = ranks // RANKS_PER_HOST
+    d_sizes = (2 ** rng.integers(12, 27, steps)).astype(np.int64)
+    t_sizes = (2 ** rng.integers(12, 27, (groups, steps))).astype(np.int64)
+    t_ops = rng.integers(0, 2, (groups, steps))
+    d_transfer = (d_sizes / (BUS_GBPS * 1e9) * 2 * (ranks - 1) / ranks * 1e9).astype(np.int64) + 15_000
+    per = RANKS_PER_HOST
+    t_transfer = (t_sizes / (BUS_GBPS * 1e9) * (per - 1) / per * 1e9).astype(np.int64) + 15_000
+    compute = rng.exponential(20_000, (steps, ranks)).astype(np.int64) + COMPUTE_NS
+    if 0 <= straggler < ranks:
+        late = rng.random(steps) < 0.5
+        compute[late, straggler] += int(delay_ms * 1e6)
+    d_start = np.empty((ranks, steps), np.int64)
+    d_end = np.empty_like(d_start)
+    t_start = np.empty_like(d_start)
+    t_end = np.empty_like(d_start)
+    previous = np.full(ranks, T0_NS, np.int64)
+    for i in range(steps):
+        start = previous + compute[i]
+        end = start.max() + d_transfer[i] + rng.integers(0, 3_000, ranks)
+        d_start[:, i], d_end[:, i] = start, end
+        start = end + rng.integers(1_000, 10_000, ranks)
+        last = start.reshape(groups, per).max(axis=1)
+        end = np.repeat(last + t_transfer[:, i], per) + rng.integers(0, 3_000, ranks)
+        t_start[:, i], t_end[:, i] = start, end
+        previous = end
+    return d_sizes, t_sizes, t_ops, d_start, d_end, t_start, t_end
 
 
 def generate(
@@ -77,17 +95,15 @@ def generate(
     with open(os.path.join(out, "run.json"), "w") as fh:
         json.dump({"run_id": run_id, "world_size": ranks, "schema_version": SCHEMA_VERSION}, fh)
 
-    n_default, n_tp = per_rank // 2, per_rank - per_rank // 2
+    if ranks % RANKS_PER_HOST:
+        raise SystemExit(f"--ranks must be a multiple of {RANKS_PER_HOST}")
+    n_default = n_tp = per_rank // 2
     default_members = list(range(ranks))
-    d_sizes, d_ops, d_starts, d_ends = _group_events(
-        rng, n_default, default_members, straggler, delay_ms, ["all_reduce"], lambda n: 2 * (n - 1) / n, 0
+    d_sizes, t_sizes_all, t_ops_all, d_starts, d_ends, t_starts_all, t_ends_all = _simulate(
+        rng, n_default, ranks, straggler, delay_ms
     )
-    tp_groups = [list(range(h * RANKS_PER_HOST, min(ranks, (h + 1) * RANKS_PER_HOST))) for h in range(len(hosts))]
+    tp_groups = [list(range(h * RANKS_PER_HOST, (h + 1) * RANKS_PER_HOST)) for h in range(len(hosts))]
     tp_ops = ["all_gather_into_tensor", "reduce_scatter_tensor"]
-    tp = [
-        _group_events(rng, n_tp, members, straggler, delay_ms, tp_ops, lambda n: (n - 1) / n, STEP_NS // 2)
-        for members in tp_groups
-    ]
     groups = [{"pg": "0", "desc": "default_pg", "ranks": default_members, "size": ranks, "backend": "nccl"}] + [
         {"pg": str(i + 1), "desc": "tp", "ranks": members, "size": len(members), "backend": "nccl"}
         for i, members in enumerate(tp_groups)
@@ -98,11 +114,10 @@ def generate(
         host = host_of[rank]
         tp_index = rank // RANKS_PER_HOST
         members = tp_groups[tp_index]
-        row = members.index(rank)
-        t_sizes, t_ops, t_starts, t_ends = tp[tp_index]
+        t_sizes, t_ops = t_sizes_all[tp_index], t_ops_all[tp_index]
         n_ranks_tp = len(members)
         # Issue order on this rank: interleave the two groups' instances by start time.
-        starts = np.concatenate([d_starts[rank], t_starts[row]])
+        starts = np.concatenate([d_starts[rank], t_starts_all[rank]])
         order = np.argsort(starts, kind="stable")
         n = len(starts)
         is_tp = np.concatenate([np.zeros(n_default, bool), np.ones(n_tp, bool)])
@@ -115,7 +130,7 @@ def generate(
         bytes_out = np.where(is_tp & (op_code == 2), shard, size)
         skew = -clock_error[host]  # this rank's clock reads true time minus its offset to rank 0
         t_start = starts + skew
-        t_end = np.concatenate([d_ends[rank], t_ends[row]]) + skew
+        t_end = np.concatenate([d_ends[rank], t_ends_all[rank]]) + skew
         columns = {
             "rank": pa.array(np.full(n, rank, np.int32)),
             "pg": _dictionary(["0", str(tp_index + 1)], is_tp.astype(np.int32)),
@@ -164,7 +179,7 @@ def generate(
         }
         with open(os.path.join(rank_dir, f"rank-{incarnation}.json"), "w") as fh:
             json.dump(meta, fh)
-    duration_ns = max(n_default, n_tp) * STEP_NS
+    duration_ns = int(max(d_ends.max(), t_ends_all.max()) - T0_NS)
     sample_rows = 0
     for host in hosts:
         sample_rows += _write_host_samples(out, host, duration_ns, clock_error[host], run_id, rng)
