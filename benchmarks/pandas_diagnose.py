@@ -81,9 +81,15 @@ def stragglers(coll: pd.DataFrame, inst: pd.DataFrame, min_skew_ms: float = 1.0)
         mean_lateness_ms=("lateness_ms", "mean"),
         p95_lateness_ms=("lateness_ms", lambda s: s.quantile(0.95)),
     )
+    # Time outside communication between one collective and the next, per rank.
+    ordered = late.sort_values(["rank", "t_start_ns"])
+    gap = ordered["t_start_ns"] - ordered.groupby("rank")["t_end_ns"].shift()
+    per_rank["mean_gap_ms"] = (gap / 1e6).groupby(ordered["rank"]).mean()
     center = per_rank["mean_lateness_ms"].median()
     mad = (per_rank["mean_lateness_ms"] - center).abs().median()
     per_rank["outlier_score"] = (per_rank["mean_lateness_ms"] - center) / max(1.4826 * mad, 0.05)
+    share = (per_rank["mean_gap_ms"] - per_rank["mean_gap_ms"].median()) / per_rank["mean_lateness_ms"]
+    per_rank["compute_share"] = share.clip(0, 1)
     return per_rank.reset_index()
 
 
@@ -162,7 +168,12 @@ def main() -> None:
     coll = df[~df["op"].isin(P2P)]
     inst = instances(coll)
     per_rank = stragglers(coll, inst)
-    flagged = per_rank[(per_rank["outlier_score"] > 3.5) & (per_rank["mean_lateness_ms"] >= 1.0)]
+    flagged = per_rank[
+        (per_rank["outlier_score"] > 3.5)
+        & (per_rank["mean_lateness_ms"] >= 1.0)
+        & (per_rank["times_last"] >= 3)
+        & (per_rank["compute_share"] >= 0.5)
+    ]
     deltas = counter_deltas(nic) if len(nic) else nic
     net = network(deltas) if len(deltas) else pd.DataFrame()
     loss = tcp_loss(deltas) if len(deltas) else pd.DataFrame()
