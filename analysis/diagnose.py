@@ -18,7 +18,9 @@ a host whose link loses packets, from the job's own TCP connections (``source`` 
 ``connection`` null, ``evidence`` with the connection figures; see findings.lossy_hosts), or, for
 a run without per-connection samples, any host whose TCP retransmission total is high (``source``
 "snmp"; every host that sends into a lossy link shows it); and any interface with errors or drops
-(``source`` "net_dev"). ``problems`` lists files
+(``source`` "net_dev"). A rank on a host named in ``slow_links`` or (from its connections)
+``packet_loss`` is not listed in ``stragglers``: behind a bad link it finishes late and so starts
+late, and the link is the finding. ``problems`` lists files
 that could not be read. ``slow_links`` comes from the link probe (COMMTRACE_PROBE) and is empty for
 a run recorded without it; its ``evidence`` holds the probe's figures (GB/s): the best and median
 of the host's pairs and the median of the other pairs.
@@ -36,8 +38,10 @@ from analysis.load import Run
 class Thresholds:
     straggler_score: float = 3.5  # robust z-score of a rank's mean lateness
     straggler_min_lateness_ms: float = 1.0  # and late by at least this on average
-    straggler_min_times_last: int = 3  # and the last to arrive at least this often (one late arrival is noise)
-    straggler_min_compute_share: float = 0.5  # and late mostly for time spent outside communication
+    straggler_min_times_last: int = 5  # and the last to arrive at least this often (a few late arrivals are noise)
+    # and late at least partly for time spent outside communication (a loose gate: with overlapping
+    # asynchronous collectives the share understates)
+    straggler_min_compute_share: float = 0.25
     loss_pct: float = 0.5  # TCP retransmitted / sent, per host or connection
     dead_after_s: float = 2.0  # others kept writing this long after a rank's last event
     slow_link_factor: float = 0.5  # every probed pair of the host below this x the other pairs' median
@@ -45,21 +49,6 @@ class Thresholds:
 
 def diagnose(run: Run, thresholds: Thresholds = Thresholds()) -> dict:
     hosts_by_rank = {r: m.get("host") for r, m in run.ranks.items()}
-    stragglers = [
-        {
-            **{
-                k: r[k]
-                for k in ("rank", "times_last", "mean_lateness_ms", "p95_lateness_ms", "outlier_score", "compute_share")
-            },
-            "host": hosts_by_rank.get(r["rank"]),
-        }
-        for r in findings.stragglers(run).to_dicts()
-        if r["outlier_score"] is not None
-        and r["outlier_score"] > thresholds.straggler_score
-        and r["mean_lateness_ms"] >= thresholds.straggler_min_lateness_ms
-        and r["times_last"] >= thresholds.straggler_min_times_last
-        and (r["compute_share"] or 0.0) >= thresholds.straggler_min_compute_share
-    ]
     # Loss is pinned on a host by the job's own connections where the sampler saw them; the hosts'
     # TCP totals (every host that sends into a lossy link retransmits) only where it did not.
     per_connection = run.sql("SELECT 1 FROM samples WHERE source = 'tcp_conn' LIMIT 1").height > 0
@@ -104,25 +93,45 @@ def diagnose(run: Run, thresholds: Thresholds = Thresholds()) -> dict:
         for r in findings.network(run).to_dicts()
         if r["error_drop_pct"] is not None and r["error_drop_pct"] >= thresholds.loss_pct
     ]
+    slow_links = [
+        {
+            "host": r["host"],
+            "interface": r["interface"],
+            "evidence": {
+                "source": "probe",
+                "pairs": r["pairs"],
+                "best_gbps": r["best_gbps"],
+                "median_gbps": r["median_gbps"],
+                "others_median_gbps": r["others_gbps"],
+            },
+        }
+        for r in findings.slow_links(run, thresholds.slow_link_factor).to_dicts()
+    ]
+    # A rank behind a slow or lossy link finishes its collectives late and so starts the next ones
+    # late: its lateness is the link's, already reported, and it is not called a slow rank.
+    bad_link_hosts = {x["host"] for x in slow_links} | {x["host"] for x in packet_loss if x["source"] != "net_dev"}
+    stragglers = [
+        {
+            **{
+                k: r[k]
+                for k in ("rank", "times_last", "mean_lateness_ms", "p95_lateness_ms", "outlier_score", "compute_share")
+            },
+            "host": hosts_by_rank.get(r["rank"]),
+        }
+        for r in findings.stragglers(run).to_dicts()
+        if r["outlier_score"] is not None
+        and r["outlier_score"] > thresholds.straggler_score
+        and r["mean_lateness_ms"] >= thresholds.straggler_min_lateness_ms
+        and r["times_last"] >= thresholds.straggler_min_times_last
+        and (r["compute_share"] or 0.0) >= thresholds.straggler_min_compute_share
+        and hosts_by_rank.get(r["rank"]) not in bad_link_hosts
+    ]
     return {
         "run_id": run.run_id,
         "world_size": run.world_size,
         "hosts": run.hosts,
         "stragglers": stragglers,
-        "slow_links": [
-            {
-                "host": r["host"],
-                "interface": r["interface"],
-                "evidence": {
-                    "source": "probe",
-                    "pairs": r["pairs"],
-                    "best_gbps": r["best_gbps"],
-                    "median_gbps": r["median_gbps"],
-                    "others_median_gbps": r["others_gbps"],
-                },
-            }
-            for r in findings.slow_links(run, thresholds.slow_link_factor).to_dicts()
-        ],
+        "slow_links": slow_links,
         "packet_loss": packet_loss,
         "hangs": findings.hangs(run).to_dicts(),
         "desyncs": findings.desyncs(run).to_dicts(),

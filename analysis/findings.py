@@ -82,26 +82,32 @@ def straggler_instances(run: Run) -> pl.DataFrame:
 def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
     """Per rank: how often it arrived last, its mean and p95 lateness, and a robust outlier score.
 
-    lateness = this rank's start - the instance's first start. The outlier score is the rank's mean
-    lateness against all ranks' mean lateness, robustly: (mean - median of the ranks' means) /
+    lateness = this rank's start - the instance's first start; ``mean_lateness_ms`` leaves out the
+    rank's slowest 10 % (a start-up skew, one pause). The outlier score is the rank's mean
+    lateness against the other ranks' mean lateness, robustly: (mean - median of the others' means) /
     (1.4826 x their MAD, at least 0.05 ms), like a z-score; above 3.5 the rank is late far more than
-    its peers: a slow rank, not a slow network. The mean, not the median, so that a rank late on a
-    third of its collectives (a stall every few steps) stands out as much as one late on all of
-    them. Only instances with an arrival skew of at least ``min_skew_ms`` count towards times_last.
+    its peers: a slow rank, not a slow network. "The others" leaves the rank itself out, which
+    matters in small jobs (with three ranks, a straggler is one of the three values its own median
+    and MAD would be taken from); from 256 ranks on, all ranks are used (the difference vanishes).
+    The mean, not the median, so that a rank late on a third of its collectives (a stall every few
+    steps) stands out as much as one late on all of them. Only instances with an arrival skew of at
+    least ``min_skew_ms`` count towards times_last.
 
     Arriving late is not enough to be a slow rank: a rank behind a lossy or slow link finishes its
     previous collective late and so starts the next one late too. ``mean_gap_ms`` is the rank's mean
     time between finishing one collective and starting the next (its compute, data loading, host
     work); ``compute_share`` = (its mean gap - the ranks' median mean gap) / its mean lateness,
     clipped to [0, 1]: near 1, the rank is late because it spent longer outside communication (a
-    slow rank); near 0, because its communication ended late (the network). The mean gap is
+    slow rank); near 0, because its communication ended late (the network). Where a rank's
+    collectives overlap (asynchronous ones, DDP's gradient buckets) the gaps overlap too and the
+    share understates; diagnose therefore gates on it loosely (0.25). The mean gap is
     computed without ordering the events: over a rank's n collectives, the sum of the gaps is
     (sum of starts - first start) - (sum of ends - last end).
     """
-    return run.sql(
+    per_rank = run.sql(
         f"""
         WITH inst AS ({_instances_sql(run)}),
-        late AS (
+        late AS MATERIALIZED (
             SELECT c.rank, c.pg, c.seq, c.t_start_ns, c.t_end_ns,
                    (c.t_start_ns - i.first_start_ns) / 1e6 AS lateness_ms,
                    (i.last_rank = c.rank AND (i.last_start_ns - i.first_start_ns) / 1e6 >= ?) AS was_last
@@ -111,27 +117,50 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
         ),
         per_rank AS (
             SELECT rank, count(*) AS collectives, count(*) FILTER (WHERE was_last) AS times_last,
-                   avg(lateness_ms) AS mean_lateness_ms, quantile_cont(lateness_ms, 0.95) AS p95_lateness_ms,
+                   quantile_cont(lateness_ms, 0.9) AS p90_lateness_ms,
+                   quantile_cont(lateness_ms, 0.95) AS p95_lateness_ms,
                    CAST((sum(t_start_ns) - min(t_start_ns)) - (sum(t_end_ns) - max(t_end_ns)) AS DOUBLE)
                        / greatest(count(*) - 1, 1) / 1e6 AS mean_gap_ms
             FROM late GROUP BY rank
         ),
-        spread AS (
-            SELECT median(mean_lateness_ms) AS center, median(mean_gap_ms) AS gap_center,
-                   median(abs(mean_lateness_ms - (SELECT median(mean_lateness_ms) FROM per_rank))) AS mad
-            FROM per_rank
-        )
+        -- The mean without the rank's slowest 10 %: one start-up skew or pause must not make a rank
+        -- a straggler, while one late on every other step keeps half its lateness.
+        trimmed AS (
+            SELECT l.rank, avg(l.lateness_ms) AS mean_lateness_ms
+            FROM late l JOIN per_rank p ON l.rank = p.rank AND l.lateness_ms <= p.p90_lateness_ms
+            GROUP BY l.rank
+        ),
+        spread AS (SELECT median(mean_gap_ms) AS gap_center FROM per_rank)
         SELECT rank, collectives, times_last, round(mean_lateness_ms, 3) AS mean_lateness_ms,
-               round(p95_lateness_ms, 3) AS p95_lateness_ms,
-               round((mean_lateness_ms - center) / greatest(1.4826 * mad, 0.05), 2) AS outlier_score,
+               round(p95_lateness_ms, 3) AS p95_lateness_ms, mean_lateness_ms AS _mean,
                round(mean_gap_ms, 3) AS mean_gap_ms,
                round(least(greatest((mean_gap_ms - gap_center) / nullif(mean_lateness_ms, 0), 0), 1), 2)
                    AS compute_share
-        FROM per_rank, spread
+        FROM per_rank JOIN trimmed USING (rank), spread
         ORDER BY rank
     """,
         [min_skew_ms],
     )
+    means = per_rank["_mean"].to_numpy()
+    scores = _outlier_scores(means)
+    return per_rank.drop("_mean").insert_column(5, pl.Series("outlier_score", scores, dtype=pl.Float64))
+
+
+def _outlier_scores(values, floor: float = 0.05, leave_one_out_below: int = 256) -> list[float | None]:
+    """Robust z-score of each value against the others (or all, for many values): median / MAD x 1.4826."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n == 0:
+        return []
+    out = []
+    for i in range(n):
+        others = np.delete(values, i) if 1 < n < leave_one_out_below else values
+        center = float(np.median(others))
+        mad = float(np.median(np.abs(others - center)))
+        out.append(round((values[i] - center) / max(1.4826 * mad, floor), 2))
+    return out
 
 
 def hangs(run: Run) -> pl.DataFrame:
