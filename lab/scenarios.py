@@ -58,6 +58,7 @@ def run(
     shift_ms: float = 400.0,
     seed: int | None = None,
     timeout_s: float = 300.0,
+    tag: str | None = None,
 ) -> dict:
     """Run one scenario; returns what was injected and where the trace is."""
     if scenario not in SCENARIOS:
@@ -75,7 +76,7 @@ def run(
     if shifted is not None:
         knobs[shifted]["LAB_CLOCK_SHIFT_MS"] = str(shift_ms)
     os.makedirs(out_dir, exist_ok=True)
-    with Lab(hosts) as lab:
+    with Lab(hosts, tag=tag) as lab:
         if scenario == "slow-link":
             lab.shape(culprit, rate_mbit)
         elif scenario == "lossy":
@@ -142,6 +143,7 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=100.0)
     parser.add_argument("--shift-ms", type=float, default=400.0)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--tag", help="names the lab's hosts lab<TAG>-host<i> (default: from the process id)")
     args = parser.parse_args()
     try:
         info = run(
@@ -155,6 +157,7 @@ def main() -> None:
             args.delay_ms,
             args.shift_ms,
             args.seed,
+            tag=args.tag,
         )
     except (RuntimeError, ValueError) as exc:
         print(f"lab.scenarios: {exc}", file=sys.stderr)
