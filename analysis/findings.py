@@ -83,7 +83,7 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
     """Per rank: how often it arrived last, its mean and p95 lateness, and a robust outlier score.
 
     lateness = this rank's start - the instance's first start; ``mean_lateness_ms`` leaves out the
-    rank's slowest 10 % (a start-up skew, one pause). The outlier score is the rank's mean
+    rank's slowest 1 %, and at least its slowest one (a start-up skew, one pause). The outlier score is the rank's mean
     lateness against the other ranks' mean lateness, robustly: (mean - median of the others' means) /
     (1.4826 x their MAD, at least 0.05 ms), like a z-score; above 3.5 the rank is late far more than
     its peers: a slow rank, not a slow network. "The others" leaves the rank itself out, which
@@ -117,17 +117,17 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
         ),
         per_rank AS (
             SELECT rank, count(*) AS collectives, count(*) FILTER (WHERE was_last) AS times_last,
-                   quantile_cont(lateness_ms, 0.9) AS p90_lateness_ms,
+                   quantile_cont(lateness_ms, 0.99) AS p99_lateness_ms,
                    quantile_cont(lateness_ms, 0.95) AS p95_lateness_ms,
                    CAST((sum(t_start_ns) - min(t_start_ns)) - (sum(t_end_ns) - max(t_end_ns)) AS DOUBLE)
                        / greatest(count(*) - 1, 1) / 1e6 AS mean_gap_ms
             FROM late GROUP BY rank
         ),
-        -- The mean without the rank's slowest 10 %: one start-up skew or pause must not make a rank
-        -- a straggler, while one late on every other step keeps half its lateness.
+        -- The mean without the rank's slowest 1 % (at least its slowest one): one start-up skew or
+        -- pause must not make a rank a straggler, one late on a few steps in ten stays one.
         trimmed AS (
             SELECT l.rank, avg(l.lateness_ms) AS mean_lateness_ms
-            FROM late l JOIN per_rank p ON l.rank = p.rank AND l.lateness_ms <= p.p90_lateness_ms
+            FROM late l JOIN per_rank p ON l.rank = p.rank AND l.lateness_ms <= p.p99_lateness_ms
             GROUP BY l.rank
         ),
         spread AS (SELECT median(mean_gap_ms) AS gap_center FROM per_rank)

@@ -79,7 +79,7 @@ def generate(
     ranks: int = 64,
     per_rank: int = 200_000,
     straggler: int = 37,
-    delay_ms: float = 4.0,
+    delay_ms: float = 8.0,
     segments: int = 20,
     seed: int = 0,
 ) -> dict:
@@ -243,7 +243,7 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=64)
     parser.add_argument("--per-rank", type=int, default=200_000)
     parser.add_argument("--straggler", type=int, default=37)
-    parser.add_argument("--delay-ms", type=float, default=4.0)
+    parser.add_argument("--delay-ms", type=float, default=8.0)
     parser.add_argument("--segments", type=int, default=20, help="segments per rank")
     args = parser.parse_args()
     start = time.monotonic()
