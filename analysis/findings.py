@@ -83,7 +83,7 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
     """Per rank: how often it arrived last, its mean and p95 lateness, and a robust outlier score.
 
     lateness = this rank's start - the instance's first start; ``mean_lateness_ms`` leaves out the
-    rank's slowest 1 %, and at least its slowest one (a start-up skew, one pause). The outlier score is the rank's mean
+    rank's single slowest arrival (a start-up skew, one pause). The outlier score is the rank's mean
     lateness against the other ranks' mean lateness, robustly: (mean - median of the others' means) /
     (1.4826 x their MAD, at least 0.05 ms), like a z-score; above 3.5 the rank is late far more than
     its peers: a slow rank, not a slow network. "The others" leaves the rank itself out, which
@@ -107,7 +107,7 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
     per_rank = run.sql(
         f"""
         WITH inst AS ({_instances_sql(run)}),
-        late AS MATERIALIZED (
+        late AS (
             SELECT c.rank, c.pg, c.seq, c.t_start_ns, c.t_end_ns,
                    (c.t_start_ns - i.first_start_ns) / 1e6 AS lateness_ms,
                    (i.last_rank = c.rank AND (i.last_start_ns - i.first_start_ns) / 1e6 >= ?) AS was_last
@@ -117,18 +117,13 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
         ),
         per_rank AS (
             SELECT rank, count(*) AS collectives, count(*) FILTER (WHERE was_last) AS times_last,
-                   quantile_cont(lateness_ms, 0.99) AS p99_lateness_ms,
+                   -- without the rank's slowest arrival: one start-up skew or pause must not make it a
+                   -- straggler (one pass; trimming a percentage would need a second)
+                   (sum(lateness_ms) - max(lateness_ms)) / greatest(count(*) - 1, 1) AS mean_lateness_ms,
                    quantile_cont(lateness_ms, 0.95) AS p95_lateness_ms,
                    CAST((sum(t_start_ns) - min(t_start_ns)) - (sum(t_end_ns) - max(t_end_ns)) AS DOUBLE)
                        / greatest(count(*) - 1, 1) / 1e6 AS mean_gap_ms
             FROM late GROUP BY rank
-        ),
-        -- The mean without the rank's slowest 1 % (at least its slowest one): one start-up skew or
-        -- pause must not make a rank a straggler, one late on a few steps in ten stays one.
-        trimmed AS (
-            SELECT l.rank, avg(l.lateness_ms) AS mean_lateness_ms
-            FROM late l JOIN per_rank p ON l.rank = p.rank AND l.lateness_ms <= p.p99_lateness_ms
-            GROUP BY l.rank
         ),
         spread AS (SELECT median(mean_gap_ms) AS gap_center FROM per_rank)
         SELECT rank, collectives, times_last, round(mean_lateness_ms, 3) AS mean_lateness_ms,
@@ -136,7 +131,7 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
                round(mean_gap_ms, 3) AS mean_gap_ms,
                round(least(greatest((mean_gap_ms - gap_center) / nullif(mean_lateness_ms, 0), 0), 1), 2)
                    AS compute_share
-        FROM per_rank JOIN trimmed USING (rank), spread
+        FROM per_rank, spread
         ORDER BY rank
     """,
         [min_skew_ms],
