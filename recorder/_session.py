@@ -175,6 +175,7 @@ class Session:
                 self.config.probe_bytes,
                 self.config.probe_rounds,
                 device,
+                gather_timeout_s=PROBE_END_GATHER_S if phase == "end" else None,
             )
             with self._lock:
                 self._probe_rows.extend(rows)
@@ -519,6 +520,9 @@ def _drain(queue: collections.deque) -> list:
     while queue:
         out.append(pop())
     return out
+
+
+PROBE_END_GATHER_S = 10.0  # at shutdown, how long the probe waits for every rank to arrive
 
 
 def _backend_name(pg) -> str:

@@ -71,16 +71,29 @@ def _exchange(pg, send, recv, dst: int, src: int, tag: int, timeout: timedelta) 
 
 
 def run(
-    pg, store, rank: int, world_size: int, phase: str, nbytes: int, rounds: int, device=None, timeout_s: float = 60.0
+    pg,
+    store,
+    rank: int,
+    world_size: int,
+    phase: str,
+    nbytes: int,
+    rounds: int,
+    device=None,
+    timeout_s: float = 60.0,
+    gather_timeout_s: float | None = None,
 ) -> list[dict]:
     """Probe this rank's host's links (if it is its host's probing rank); returns the rows measured
-    here, one per round: the link from ``src`` into this rank."""
+    here, one per round: the link from ``src`` into this rank. Every wait is bounded by
+    ``timeout_s``; waiting for the other ranks to arrive, by ``gather_timeout_s`` if given."""
     import torch
 
     timeout = timedelta(seconds=timeout_s)
     generation = (store.add(f"{KEY}/{phase}/arrivals", 1) - 1) // world_size  # a re-created group probes anew
     base = f"{KEY}/{phase}/{generation}"
-    hosts = _hosts(store, base, rank, world_size, timeout)
+    # At shutdown a rank that died or never calls destroy_process_group must not hold the others
+    # for long: they give up on the probe after ``gather_timeout_s``.
+    gather = timedelta(seconds=gather_timeout_s) if gather_timeout_s else timeout
+    hosts = _hosts(store, base, rank, world_size, gather)
     leaders = leaders_of(hosts)
     if rank not in leaders or len(leaders) < 2:
         return []
