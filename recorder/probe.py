@@ -10,7 +10,8 @@ again before it is destroyed, in the caller's thread (nothing else runs on the g
   so each host's link carries one flow each way; round 1 alone covers every host's link in both
   directions, later rounds add pairs (``COMMTRACE_PROBE_ROUNDS``), never all pairs;
 - latency: the median time of 10 exchanges of 8 bytes; bandwidth: ``COMMTRACE_PROBE_BYTES``
-  received 3 times, the median time, measured where the data arrives.
+  received 3 times, the fastest of them, measured where the data arrives (interference, a busy
+  CPU or a late sender, only ever slows a transfer down: the fastest is the link's capacity).
 
 The probe uses the group's own backend with a tag of its own (the job's sends never see its
 messages), waits on the store and on every transfer with a timeout, and gives up (one warning) on
@@ -110,7 +111,7 @@ def run(
         latency = [_exchange(pg, small_out, small_in, dst, src, TAG, timeout) for _ in range(LATENCY_REPS)]
         _barrier(store, f"{base}/round{k}/bandwidth", m, timeout)
         transfer = [_exchange(pg, big_out, big_in, dst, src, TAG + 1, timeout) for _ in range(BANDWIDTH_REPS)]
-        seconds = statistics.median(transfer)
+        seconds = min(transfer)
         size = big_in.numel() * big_in.element_size()
         rows.append(
             {

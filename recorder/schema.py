@@ -92,6 +92,6 @@ PROBE_SCHEMA = pa.schema(
 )
 """The link probe (``rank=*/probe-*.parquet``): one row per (phase, round) on each probing rank, for
 the link from ``src`` to this rank (``dst``), measured where the data arrives. ``phase`` is
-``start`` or ``end``; ``transfer_s`` is the median time to receive ``bytes`` over ``repetitions``
-transfers, ``bandwidth_gbps`` = bytes / transfer_s / 1e9 (GB/s); ``latency_us`` the median time of
+``start`` or ``end``; ``transfer_s`` is the fastest of ``repetitions`` transfers of ``bytes``,
+``bandwidth_gbps`` = bytes / transfer_s / 1e9 (GB/s); ``latency_us`` the median time of
 an 8-byte exchange in the same shift. ``t_ns``: wall-clock ns (this rank's clock) of the round."""
