@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from analysis import formulas
-from analysis.load import P2P_OPS_SQL, SIGNATURE_SIZE_SQL, Run
+from analysis.load import P2P_OPS_SQL, SIGNATURE_SIZE_SQL, Run, _sql_string
 
 
 def summary(run: Run) -> pl.DataFrame:
@@ -321,7 +321,7 @@ def bad_intervals(run: Run) -> pl.DataFrame:
     hosts = sorted((rank, str(meta.get("host"))) for rank, meta in run.ranks.items() if meta.get("host"))
     if not hosts:
         return pl.DataFrame()
-    values = ", ".join(f"({rank}, {_literal(host)})" for rank, host in hosts)
+    values = ", ".join(f"({rank}, {_sql_string(host)})" for rank, host in hosts)
     return run.sql(f"""
         WITH rank_hosts(rank, host) AS (VALUES {values}),
         host_offsets AS (
@@ -354,8 +354,13 @@ def bad_intervals(run: Run) -> pl.DataFrame:
     """)
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+# Per host, the interface (not loopback) that sent the most bytes: where a host's link problem lives.
+_BUSIEST_INTERFACE_SQL = """
+    SELECT host, arg_max(interface, tx_bytes) AS interface
+    FROM (SELECT host, device AS interface, sum(bytes) AS tx_bytes FROM counter_deltas
+          WHERE source = 'net_dev' AND counter = 'tx_bytes' AND device <> 'lo' GROUP BY ALL)
+    GROUP BY host
+"""
 
 
 def links(run: Run) -> pl.DataFrame:
@@ -382,7 +387,7 @@ def slow_links(run: Run, factor: float = 0.5) -> pl.DataFrame:
     interface in the counter samples, if any.
     """
     return run.sql(
-        """
+        f"""
         WITH pairs AS (
             SELECT src_host, dst_host, median(bandwidth_gbps) AS gbps FROM probe GROUP BY ALL
         ),
@@ -395,12 +400,7 @@ def slow_links(run: Run, factor: float = 0.5) -> pl.DataFrame:
                    median(p.gbps) FILTER (WHERE p.src_host <> h.host AND p.dst_host <> h.host) AS others_gbps
             FROM hosts h, pairs p GROUP BY h.host
         ),
-        busiest AS (
-            SELECT host, arg_max(interface, tx_bytes) AS interface
-            FROM (SELECT host, device AS interface, sum(bytes) AS tx_bytes FROM counter_deltas
-                  WHERE source = 'net_dev' AND counter = 'tx_bytes' AND device <> 'lo' GROUP BY ALL)
-            GROUP BY host
-        )
+        busiest AS ({_BUSIEST_INTERFACE_SQL})
         SELECT p.host, b.interface, p.pairs, round(p.best_gbps, 6) AS best_gbps,
                round(p.median_gbps, 6) AS median_gbps, round(p.others_gbps, 6) AS others_gbps
         FROM per_host p LEFT JOIN busiest b USING (host)
@@ -423,7 +423,7 @@ def lossy_hosts(run: Run, threshold_pct: float = 0.5, min_bytes: int = 1 << 20) 
     quarter of that. Needs three hosts or more, like the link probe.
     """
     return run.sql(
-        """
+        f"""
         WITH conn AS (
             SELECT host, device,
                    regexp_replace(split_part(device, '>', 1), ':[0-9]+$', '') AS local_ip,
@@ -449,12 +449,7 @@ def lossy_hosts(run: Run, threshold_pct: float = 0.5, min_bytes: int = 1 << 20) 
                    median(c.loss_pct) FILTER (WHERE h.host NOT IN (c.a, c.b)) AS others_loss_pct
             FROM hosts h, c GROUP BY h.host
         ),
-        busiest AS (
-            SELECT host, arg_max(interface, tx_bytes) AS interface
-            FROM (SELECT host, device AS interface, sum(bytes) AS tx_bytes FROM counter_deltas
-                  WHERE source = 'net_dev' AND counter = 'tx_bytes' AND device <> 'lo' GROUP BY ALL)
-            GROUP BY host
-        )
+        busiest AS ({_BUSIEST_INTERFACE_SQL})
         SELECT p.host, b.interface, p.connections, round(p.loss_pct, 4) AS loss_pct,
                round(p.min_loss_pct, 4) AS min_loss_pct, round(p.others_loss_pct, 4) AS others_loss_pct
         FROM per_host p LEFT JOIN busiest b USING (host)

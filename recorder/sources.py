@@ -23,6 +23,8 @@ from operator import itemgetter
 import numpy as np
 import pyarrow as pa
 
+from recorder.schema import SAMPLE_SCHEMA
+
 _READ_SIZE = 1 << 16
 
 NET_DEV_COLUMNS = (
@@ -88,17 +90,7 @@ NETSTAT_COUNTERS = {
 }
 
 
-PART_SCHEMA = pa.schema(
-    [
-        ("t_ns", pa.int64()),
-        ("source", pa.dictionary(pa.int32(), pa.string())),
-        ("device", pa.dictionary(pa.int32(), pa.string())),
-        ("port", pa.int32()),
-        ("counter", pa.dictionary(pa.int32(), pa.string())),
-        ("value", pa.int64()),
-        ("text", pa.dictionary(pa.int32(), pa.string())),
-    ]
-)
+PART_SCHEMA = SAMPLE_SCHEMA.remove(SAMPLE_SCHEMA.get_field_index("host"))
 """One source's parsed samples before the sampler adds the host and turns monotonic into wall time."""
 
 PARSE_ERRORS = (OSError, ValueError, IndexError, struct.error)
@@ -191,13 +183,11 @@ class Source:
         pass
 
 
-class NetDev(Source):
-    """``/proc/net/dev``: every interface, all 16 columns."""
+class _FileSource(Source):
+    """A source that reads one procfs file: kept open, its bytes copied on each capture."""
 
-    name = "net_dev"
-
-    def __init__(self, proc_root: str) -> None:
-        self.file = _open(os.path.join(proc_root, "proc/net/dev"))
+    def __init__(self, path: str) -> None:
+        self.file = _open(path)
 
     @property
     def present(self) -> bool:
@@ -205,6 +195,19 @@ class NetDev(Source):
 
     def capture(self) -> bytes:
         return self.file.read()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+class NetDev(_FileSource):
+    """``/proc/net/dev``: every interface, all 16 columns."""
+
+    name = "net_dev"
+
+    def __init__(self, proc_root: str) -> None:
+        super().__init__(os.path.join(proc_root, "proc/net/dev"))
 
     def parse(self, raw: bytes):
         out = []
@@ -252,26 +255,15 @@ class NetDev(Source):
         ]
         return pa.Table.from_arrays(arrays, schema=PART_SCHEMA)
 
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
 
-
-class _HeaderValueTable(Source):
+class _HeaderValueTable(_FileSource):
     """``/proc/net/snmp`` style: a header line then a value line per protocol."""
 
     wanted: dict[str, tuple[str, ...]] = {}
 
     def __init__(self, path: str) -> None:
-        self.file = _open(path)
+        super().__init__(path)
         self.columns: dict[str, list[tuple[int, str]]] | None = None  # protocol -> kept (position, name)
-
-    @property
-    def present(self) -> bool:
-        return self.file is not None
-
-    def capture(self) -> bytes:
-        return self.file.read()
 
     def parse(self, raw: bytes):
         out = []
@@ -289,10 +281,6 @@ class _HeaderValueTable(Source):
                 fields = numbers.split()
                 out.extend((proto, None, name, int(fields[i])) for i, name in wanted if i < len(fields))
         return out
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
 
 
 class Snmp(_HeaderValueTable):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import JOBS, ROOT, clean_env, free_port
+from conftest import ROOT, clean_env, free_port
 
 sys.path.insert(0, str(ROOT))
 from lab import Lab, lab_available  # noqa: E402
@@ -37,7 +37,7 @@ def _run_job(lab: Lab, trace_dir, iterations: int = 3, megabytes: float = 1.0, p
             GLOO_SOCKET_IFNAME="eth0",
             LOCAL_RANK="0",
         )
-        argv = [sys.executable, str(JOBS / "lab_allreduce.py"), str(iterations), str(megabytes)]
+        argv = [sys.executable, str(ROOT / "lab" / "jobs" / "allreduce.py"), str(iterations), str(megabytes)]
         procs.append(lab.spawn(rank, argv, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for proc in procs:
         out, _ = proc.communicate(timeout=240)

@@ -10,7 +10,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import JOBS, ROOT, clean_env, free_port, load_events, rank_meta
+from conftest import ROOT, clean_env, free_port, load_events, rank_meta
 
 sys.path.insert(0, str(ROOT))
 from lab import Lab, lab_available  # noqa: E402
@@ -37,7 +37,7 @@ def test_each_host_sees_its_ranks_bytes_on_its_interface(tmp_trace):
             procs.append(
                 lab.spawn(
                     rank,
-                    [sys.executable, str(JOBS / "lab_allreduce.py"), str(ITERATIONS), str(MEGABYTES)],
+                    [sys.executable, str(ROOT / "lab" / "jobs" / "allreduce.py"), str(ITERATIONS), str(MEGABYTES)],
                     env,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,

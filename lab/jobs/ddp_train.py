@@ -2,21 +2,14 @@
 
     python lab/jobs/ddp_train.py [--steps 30] [--hidden 1024]
 
-Knobs of the lab's scenarios, read from the environment (the job's, not the recorder's):
-  LAB_SLEEP_RANK, LAB_SLEEP_MS  that rank computes this much longer before every other step
-  LAB_CLOCK_SHIFT_MS            this process's wall clock reads that much ahead
+The knobs of lab/jobs/knobs.py apply (a straggler, a shifted clock).
 """
 
 from __future__ import annotations
 
-import os
-import time
+import knobs
 
-shift_ns = int(float(os.environ.get("LAB_CLOCK_SHIFT_MS", "0")) * 1e6)
-if shift_ns:  # every wall-clock read in Python, the recorder's included, sees the shifted clock
-    _time_ns, _time = time.time_ns, time.time
-    time.time_ns = lambda: _time_ns() + shift_ns
-    time.time = lambda: _time() + shift_ns / 1e9
+knobs.shift_clock()
 
 import argparse  # noqa: E402
 
@@ -32,8 +25,6 @@ def main() -> None:
     args = parser.parse_args()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    sleepy = int(os.environ.get("LAB_SLEEP_RANK", "-1")) == rank
-    pause_s = float(os.environ.get("LAB_SLEEP_MS", "0")) / 1e3
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Linear(512, args.hidden),
@@ -46,8 +37,7 @@ def main() -> None:
     opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(rank)
     for step in range(args.steps):
-        if sleepy and step % 2 == 1:
-            time.sleep(pause_s)
+        knobs.straggle(rank, step)
         x = torch.randn(32, 512, generator=generator)
         y = torch.randint(0, 10, (32,), generator=generator)
         opt.zero_grad()

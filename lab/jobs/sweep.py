@@ -3,19 +3,14 @@
     python lab/jobs/sweep.py [--min-bytes 1024] [--max-bytes 4194304] [--iters 5]
 
 Each (op, size) runs ``--iters`` times after one warm-up. Ops: all_reduce, all_gather_into_tensor,
-reduce_scatter_tensor, broadcast, all_to_all_single. The LAB_* knobs of ddp_train.py apply too.
+reduce_scatter_tensor, broadcast, all_to_all_single. The knobs of lab/jobs/knobs.py apply.
 """
 
 from __future__ import annotations
 
-import os
-import time
+import knobs
 
-shift_ns = int(float(os.environ.get("LAB_CLOCK_SHIFT_MS", "0")) * 1e6)
-if shift_ns:
-    _time_ns, _time = time.time_ns, time.time
-    time.time_ns = lambda: _time_ns() + shift_ns
-    time.time = lambda: _time() + shift_ns / 1e9
+knobs.shift_clock()
 
 import argparse  # noqa: E402
 
@@ -31,8 +26,6 @@ def main() -> None:
     args = parser.parse_args()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    sleepy = int(os.environ.get("LAB_SLEEP_RANK", "-1")) == rank
-    pause_s = float(os.environ.get("LAB_SLEEP_MS", "0")) / 1e3
     size, k = args.min_bytes, 0
     while size <= args.max_bytes:
         n = max(size // 4 // world * world, world)
@@ -46,8 +39,7 @@ def main() -> None:
         }
         for op in ops.values():
             for _ in range(args.iters + 1):
-                if sleepy and k % 2 == 1:
-                    time.sleep(pause_s)
+                knobs.straggle(rank, k)
                 k += 1
                 op()
         size *= 4

@@ -1,0 +1,27 @@
+"""The lab scenarios' knobs for a job, read from its environment (the job's settings, not the recorder's).
+
+  LAB_SLEEP_RANK, LAB_SLEEP_MS  that rank computes this much longer before every other step
+  LAB_CLOCK_SHIFT_MS            this process's wall clock reads that much ahead (a host whose clock is off)
+
+Call ``shift_clock()`` before importing torch: every wall-clock read in Python, the recorder's
+included, must see the shifted clock.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def shift_clock() -> None:
+    shift_ns = int(float(os.environ.get("LAB_CLOCK_SHIFT_MS", "0")) * 1e6)
+    if shift_ns:
+        time_ns, wall = time.time_ns, time.time
+        time.time_ns = lambda: time_ns() + shift_ns
+        time.time = lambda: wall() + shift_ns / 1e9
+
+
+def straggle(rank: int, step: int) -> None:
+    """The straggler's pause, before every other step (odd ones) of the rank LAB_SLEEP_RANK names."""
+    if step % 2 == 1 and int(os.environ.get("LAB_SLEEP_RANK", "-1")) == rank:
+        time.sleep(float(os.environ.get("LAB_SLEEP_MS", "0")) / 1e3)
