@@ -180,17 +180,6 @@ def parse_raw(chunks: list[bytes]) -> list[dict]:
     return conns
 
 
-def dump_tcp(sock: socket.socket | None = None) -> list[dict]:
-    """Every established TCP connection of this network namespace, with its tcp_info."""
-    own = sock is None
-    sock = open_diag_socket() if own else sock
-    try:
-        return parse_raw(dump_raw(sock))
-    finally:
-        if own:
-            sock.close()
-
-
 def socket_inodes(pids) -> set[int]:
     """The socket inodes held open by these processes (those we may read)."""
     inodes = set()
