@@ -8,6 +8,8 @@ a real name.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from operator import itemgetter
@@ -169,7 +171,10 @@ class SegmentWriter:
 
     def write(self, table: pa.Table, prefix: str = COLLECTIVES_PREFIX) -> str:
         os.makedirs(self.rank_dir, exist_ok=True)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **self.metadata})
+        metadata = {**(table.schema.metadata or {}), **self.metadata}
+        if prefix == COLLECTIVES_PREFIX:
+            metadata[GROUPS_KEY] = json.dumps(group_summaries(table), separators=(",", ":"))
+        table = table.replace_schema_metadata(metadata)
         while True:
             name = f"{prefix}-{self.incarnation}-{self.index:06d}.parquet"
             self.index += 1
@@ -185,6 +190,78 @@ class SegmentWriter:
         self.bytes_written += os.path.getsize(final)
         self.rows_written += table.num_rows
         return final
+
+
+P2P_OPS = ("send", "recv", "recv_anysource")
+GROUPS_KEY = "commtrace.groups"
+
+
+def _name_hash(name: str | None) -> int:
+    """A stable 64-bit hash of an op or dtype name (Python's own hash() differs between processes)."""
+    if name is None:
+        return 0
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit reaches every output bit (uint64, wrapping)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def group_summaries(table: pa.Table) -> dict[str, list]:
+    """Per process group, what this segment holds of its collectives (send/recv left out):
+    ``[rows, done, first_seq, last_seq, checksum]``.
+
+    done counts rows completed with status ok. checksum is the sum (mod 2^64, as 16 hex digits) of a
+    64-bit hash of each row's (seq, op, size, dtype), size being what members must agree on (bytes
+    in; scatter: bytes out; all_to_all: not compared). Summed over a rank's segments, these let the
+    analysis prove from the footers alone that every member of a group recorded and finished the
+    same collectives with the same signatures (no hang, no desync) without reading any event; any
+    difference sends it to the event-by-event comparison. Vectorised: a few ms per 10k rows, in the
+    writer thread.
+    """
+    if table.num_rows == 0:
+        return {}
+    out: dict[str, list] = {}
+
+    def decoded(name: str) -> tuple[np.ndarray, list]:
+        column = table[name].combine_chunks()
+        return column.indices.fill_null(-1).to_numpy(), column.dictionary.to_pylist()
+
+    op_codes, op_names = decoded("op")
+    pg_codes, pg_names = decoded("pg")
+    dtype_codes, dtype_names = decoded("dtype")
+    status_codes, status_names = decoded("status")
+    p2p = np.isin(op_codes, [i for i, name in enumerate(op_names) if name in P2P_OPS])
+    scatter = np.isin(op_codes, [i for i, name in enumerate(op_names) if name == "scatter"])
+    uneven = np.isin(op_codes, [i for i, name in enumerate(op_names) if name in ("all_to_all", "all_to_all_single")])
+    size = np.where(scatter, table["bytes_out"].fill_null(0).to_numpy(), table["bytes_in"].fill_null(0).to_numpy())
+    size = np.where(uneven, 0, size).astype(np.uint64)
+    seq = table["seq"].fill_null(-1).to_numpy().astype(np.uint64)
+    op_h = np.array([_name_hash(n) for n in op_names] + [0], dtype=np.uint64)[op_codes]
+    dtype_h = np.array([_name_hash(n) for n in dtype_names] + [0], dtype=np.uint64)[dtype_codes]
+    with np.errstate(over="ignore"):
+        row_h = _mix(_mix(_mix(_mix(seq) ^ op_h) ^ size) ^ dtype_h)
+    ok = np.isin(status_codes, [i for i, name in enumerate(status_names) if name == "ok"])
+    done = ok & table["t_end_ns"].is_valid().to_numpy(zero_copy_only=False)
+    seqs = table["seq"].fill_null(0).to_numpy()
+    for code, name in enumerate(pg_names):
+        rows = (pg_codes == code) & ~p2p
+        if not rows.any():
+            continue
+        checksum = int(np.sum(row_h[rows], dtype=np.uint64)) & 0xFFFFFFFFFFFFFFFF
+        out[name] = [
+            int(rows.sum()),
+            int((rows & done).sum()),
+            int(seqs[rows].min()),
+            int(seqs[rows].max()),
+            f"{checksum:016x}",
+        ]
+    return out
 
 
 def wall_minus_mono() -> int:

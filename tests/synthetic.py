@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recorder.schema import COLLECTIVE_SCHEMA, SCHEMA_VERSION
+from recorder.writer import GROUPS_KEY, group_summaries
 
 T0 = 1_800_000_000_000_000_000
 
@@ -55,17 +56,25 @@ def write_run(
     world_size: int,
     hosts: dict[int, str] | None = None,
     offsets_ns: dict[int, int] | None = None,
+    summaries: bool = True,
 ) -> Path:
-    """One segment and one metadata file per rank, as the recorder lays them out."""
+    """One segment and one metadata file per rank, as the recorder lays them out.
+
+    ``summaries``: the per-group summaries the recorder writes into each segment's footer (off: a
+    segment as an older recorder wrote it, which the analysis must judge from the events alone).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps({"run_id": run_dir.name, "world_size": world_size}))
     for rank in range(world_size):
         rank_dir = run_dir / f"rank={rank:05d}"
         rank_dir.mkdir(exist_ok=True)
         mine = [r for r in rows if r["rank"] == rank]
-        table = pa.Table.from_pylist(mine, schema=COLLECTIVE_SCHEMA).replace_schema_metadata(
-            {"commtrace.schema_version": str(SCHEMA_VERSION), "commtrace.run_id": run_dir.name}
-        )
+        table = pa.Table.from_pylist(mine, schema=COLLECTIVE_SCHEMA)
+        footer = {"commtrace.schema_version": str(SCHEMA_VERSION), "commtrace.run_id": run_dir.name}
+        if summaries:
+            footer["commtrace.rank"] = str(rank)
+            footer[GROUPS_KEY] = json.dumps(group_summaries(table))
+        table = table.replace_schema_metadata(footer)
         pq.write_table(table, rank_dir / "collectives-1-0000-000000.parquet")
         meta = {
             "rank": rank,
