@@ -41,7 +41,14 @@ class Run:
     segments: list[str]
     problems: list[str] = field(default_factory=list)
     _instances_ready: bool = False
+    _settled: bool | None = None
+    _deltas_ready: bool = False
+    # SQL for the ns to add to a row's own-clock timestamp to put it on rank 0's clock (for queries
+    # over raw_collectives that need only some timestamps moved).
+    shift_sql: str = "0"
     _one_layout: bool = False  # every segment has the same columns, in the same order
+    _footers: dict[str, dict] = field(default_factory=dict)  # segment -> its commtrace.* key-value metadata
+    _members: dict[str, set[int]] = field(default_factory=dict)  # pg -> member ranks, from the ranks' metadata
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> Run:
@@ -62,18 +69,6 @@ class Run:
             meta = _read_json(meta_path, problems)
             if isinstance(meta, dict) and isinstance(meta.get("rank"), int):
                 ranks.setdefault(meta["rank"], meta)
-        segments = []
-        found = sorted(glob.glob(os.path.join(path, "rank=*", "collectives-*.parquet")))
-        checked = _inspect_segments(found)
-        layouts = set()
-        for seg, (reason, names) in zip(found, checked, strict=True):
-            if reason is None:
-                segments.append(seg)
-                layouts.add(names)
-            else:
-                problems.append(f"{os.path.relpath(seg, path)}: skipped ({reason})")
-        if not segments:
-            raise TraceError(f"{path}: no readable collective segments" + (f" ({problems[0]})" if problems else ""))
         con = duckdb.connect()
         # DuckDB's own progress bar goes to stdout, into the CSV or JSON a script is reading: ours
         # (analysis.progress) writes to a terminal's stderr only.
@@ -81,7 +76,26 @@ class Run:
         # Row order is never relied on (every query orders what it returns): lets DuckDB parallelise
         # and spill more freely.
         con.execute("SET preserve_insertion_order = false")
+        # Footers are read once, by the inspection below, not again each time a query is planned
+        # (a sixth of a second per query over a run of a thousand segments).
+        con.execute("SET parquet_metadata_cache = true")
+        segments = []
+        found = sorted(glob.glob(os.path.join(path, "rank=*", "collectives-*.parquet")))
+        checked = _inspect_segments(found, REQUIRED_COLUMNS, con)
+        layouts = set()
+        footers = {}
+        for seg, (reason, names, kv) in zip(found, checked, strict=True):
+            if reason is None:
+                segments.append(seg)
+                layouts.add(names)
+                footers[seg] = kv
+            else:
+                problems.append(f"{os.path.relpath(seg, path)}: skipped ({reason})")
+        if not segments:
+            con.close()
+            raise TraceError(f"{path}: no readable collective segments" + (f" ({problems[0]})" if problems else ""))
         run = cls(path, con, run_meta, ranks, segments, problems)
+        run._footers = footers
         run._one_layout = len(layouts) == 1
         run._create_views()
         return run
@@ -102,6 +116,8 @@ class Run:
                     members.update((str(group.get("pg")), int(r)) for r in group["ranks"] if isinstance(r, int))
         if members:
             self.con.executemany("INSERT INTO group_members VALUES (?, ?)", sorted(members))
+        for pg, rank in members:
+            self._members.setdefault(pg, set()).add(rank)
         files = ", ".join(_sql_string(p) for p in self.segments)
         # hive_partitioning off: the rank=NNNNN folders must not replace the files' own (integer) rank.
         # union_by_name (segments written by different recorder versions) makes DuckDB read every
@@ -115,19 +131,16 @@ class Run:
         self._create_probe_view()
         # One timeline: a rank's timestamps plus its measured offset to rank 0's clock. The offsets
         # are a constant list indexed by rank (a join per event costs a fifth of a scan).
-        by_rank = dict(offsets)
-        if by_rank and all(isinstance(r, int) and 0 <= r < 1_000_000 for r in by_rank):
+        # (Metadata names ranks as JSON integers; anything else it might hold is not an offset.)
+        by_rank = {r: o for r, o in offsets if isinstance(r, int) and 0 <= r < 1_000_000}
+        if by_rank:
             listed = ", ".join(str(by_rank.get(r, 0)) for r in range(max(by_rank) + 1))
-            shift = f"coalesce(list_extract([{listed}]::BIGINT[], c.rank + 1), 0)"
-            source = "raw_collectives c"
-        else:
-            shift = "coalesce(o.offset_ns, 0)"
-            source = "raw_collectives c LEFT JOIN clock_offsets o USING (rank)"
+            self.shift_sql = f"coalesce(list_extract([{listed}]::BIGINT[], rank + 1), 0)"
         self.con.execute(f"""
             CREATE VIEW collectives AS
-            SELECT c.* REPLACE (c.t_start_ns + {shift} AS t_start_ns, c.t_end_ns + {shift} AS t_end_ns),
-                   (c.t_end_ns - c.t_start_ns) / 1e6 AS duration_ms
-            FROM {source}
+            SELECT * REPLACE (t_start_ns + {self.shift_sql} AS t_start_ns, t_end_ns + {self.shift_sql} AS t_end_ns),
+                   (t_end_ns - t_start_ns) / 1e6 AS duration_ms
+            FROM raw_collectives
         """)
 
     def _create_sample_views(self) -> None:
@@ -139,7 +152,7 @@ class Run:
         """
         files, layouts = [], set()
         found = sorted(glob.glob(os.path.join(self.path, "host=*", "nic-*.parquet")))
-        for path, (reason, layout) in zip(found, _inspect_segments(found, SAMPLE_COLUMNS), strict=True):
+        for path, (reason, layout, _) in zip(found, _inspect_segments(found, SAMPLE_COLUMNS, self.con), strict=True):
             if reason is None:
                 files.append(path)
                 layouts.add(layout)
@@ -187,7 +200,7 @@ class Run:
         """``probe``: the link probe's rows (COMMTRACE_PROBE), one per (phase, round, probing rank)."""
         found = sorted(glob.glob(os.path.join(self.path, "rank=*", "probe-*.parquet")))
         files = []
-        for path, (reason, _) in zip(found, _inspect_segments(found, PROBE_COLUMNS), strict=True):
+        for path, (reason, _, _) in zip(found, _inspect_segments(found, PROBE_COLUMNS, self.con), strict=True):
             if reason is None:
                 files.append(path)
             else:
@@ -249,6 +262,65 @@ class Run:
         """)
         self._instances_ready = True
 
+    def settled(self) -> bool:
+        """Whether the segments' footers prove that no group has a hang or a desync, without reading an event.
+
+        The recorder writes, per segment and group, its collectives' count, how many finished ok,
+        the first and last seq and a checksum of every (seq, op, size, dtype) (see
+        ``recorder.writer.group_summaries``). Summed per rank, they settle a group when every member
+        the metadata names holds the same count, all finished, the same unbroken seq range and the
+        same checksum: then every member finished every instance, and agreed on each (a false "agreed"
+        needs two 64-bit checksums to collide). Anything else (a segment without a summary, a group
+        the metadata does not describe, any difference) answers False, and the findings compare the
+        events one by one.
+        """
+        if self._settled is None:
+            self._settled = self._check_settled()
+        return self._settled
+
+    def _check_settled(self) -> bool:
+        totals: dict[tuple[int, str], list[int]] = {}
+        try:
+            for segment in self.segments:
+                kv = self._footers.get(segment) or {}
+                rank = int(kv["commtrace.rank"])
+                for pg, (rows, done, first, last, checksum) in json.loads(kv["commtrace.groups"]).items():
+                    entry = [int(rows), int(done), int(first), int(last), int(checksum, 16)]
+                    known = totals.get((rank, pg))
+                    if known is None:
+                        totals[(rank, pg)] = entry
+                    else:
+                        known[0] += entry[0]
+                        known[1] += entry[1]
+                        known[2] = min(known[2], entry[2])
+                        known[3] = max(known[3], entry[3])
+                        known[4] = (known[4] + entry[4]) % (1 << 64)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return False  # no summary, or one this analysis cannot read: compare the events
+        for pg in {pg for _, pg in totals}:
+            members = self._members.get(pg)
+            if not members:
+                return False
+            seen = {tuple(totals[(r, pg)]) if (r, pg) in totals else None for r in members}
+            if len(seen) != 1 or None in seen:
+                return False
+            rows, done, first, last, _ = seen.pop()
+            if rows != done or rows != last - first + 1:
+                return False
+        return True
+
+    def ensure_deltas(self) -> None:
+        """Compute ``counter_deltas`` once: the view is replaced by one over a temporary table of its rows.
+
+        Several findings (network, TCP loss, lossy hosts, bad intervals, the busiest interface) read
+        the deltas; each would otherwise sort every counter's samples again.
+        """
+        if self._deltas_ready:
+            return
+        self.con.execute("CREATE TEMP TABLE counter_deltas_rows AS SELECT * FROM counter_deltas")
+        self.con.execute("CREATE OR REPLACE VIEW counter_deltas AS SELECT * FROM counter_deltas_rows")
+        self._deltas_ready = True
+
     def sql(self, query: str, params: list | None = None):
         """Run a query over the views; returns a polars DataFrame."""
         return self.con.sql(query, params=params).pl() if params else self.con.sql(query).pl()
@@ -270,32 +342,38 @@ def _read_json(path: str, problems: list[str]):
         return None
 
 
-def _inspect_segment(path: str, required: set[str] = REQUIRED_COLUMNS) -> tuple[str | None, tuple]:
-    """(why the segment cannot be used, or None; its column names and types)."""
+def _inspect_segment(path: str, required: set[str] = REQUIRED_COLUMNS) -> tuple[str | None, tuple, dict]:
+    """(why the segment cannot be used, or None; its column names and types; its commtrace.* metadata)."""
     try:
         meta = pq.read_metadata(path)
     except Exception as exc:
-        return f"not a readable Parquet file: {exc.__class__.__name__}", ()
-    version = (meta.metadata or {}).get(b"commtrace.schema_version")
-    reason = _verdict(version, set(meta.schema.names), required)
-    layout = tuple((c.name, c.physical_type) for c in meta.schema) if reason is None else ()
-    return reason, layout
+        return f"not a readable Parquet file: {exc.__class__.__name__}", (), {}
+    kv = {k.decode(errors="replace"): v for k, v in (meta.metadata or {}).items() if k.startswith(b"commtrace.")}
+    reason = _verdict(kv.get("commtrace.schema_version"), set(meta.schema.names), required)
+    if reason is not None:
+        return reason, (), {}
+    return None, tuple((c.name, c.physical_type) for c in meta.schema), kv
 
 
-def _inspect_segments(paths: list[str], required: set[str] = REQUIRED_COLUMNS) -> list[tuple[str | None, tuple]]:
+def _inspect_segments(
+    paths: list[str], required: set[str] = REQUIRED_COLUMNS, con: duckdb.DuckDBPyConnection | None = None
+) -> list[tuple[str | None, tuple, dict]]:
     """``_inspect_segment`` for many files at once: DuckDB reads every footer in one parallel call
-    (a run of thousands of segments in a few tens of ms); if any file is unreadable it cannot say
-    which, and each file is then read on its own."""
+    (a run of thousands of segments in a few tens of ms), on ``con`` if given (whose metadata cache
+    then holds them); if any file is unreadable it cannot say which, and each file is then read on
+    its own."""
     if not paths:
         return []
-    con = duckdb.connect()
+    own = con is None
+    con = duckdb.connect() if own else con
     try:
-        versions = dict(
-            con.execute(
-                "SELECT file_name, value FROM parquet_kv_metadata(?) WHERE key = 'commtrace.schema_version'::BLOB",
-                [paths],
-            ).fetchall()
-        )
+        footers: dict[str, dict] = {}
+        for name, key, value in con.execute(
+            "SELECT file_name, decode(key), value FROM parquet_kv_metadata(?) "
+            "WHERE starts_with(decode(key), 'commtrace.')",
+            [paths],
+        ).fetchall():
+            footers.setdefault(name, {})[key] = value
         columns: dict[str, list] = {}
         for name, column, physical in con.execute(
             "SELECT file_name, name, type FROM parquet_schema(?) WHERE num_children IS NULL OR num_children = 0",
@@ -306,12 +384,14 @@ def _inspect_segments(paths: list[str], required: set[str] = REQUIRED_COLUMNS) -
         with ThreadPoolExecutor(max_workers=8) as pool:
             return list(pool.map(lambda p: _inspect_segment(p, required), paths))
     finally:
-        con.close()
+        if own:
+            con.close()
     out = []
     for path in paths:
         layout = tuple(columns.get(path, ()))
-        reason = _verdict(versions.get(path), {c for c, _ in layout}, required)
-        out.append((reason, layout if reason is None else ()))
+        kv = footers.get(path, {})
+        reason = _verdict(kv.get("commtrace.schema_version"), {c for c, _ in layout}, required)
+        out.append((reason, layout, kv) if reason is None else (reason, (), {}))
     return out
 
 

@@ -115,42 +115,89 @@ def _members(run_dir, n):
         path.write_text(json.dumps(meta))
 
 
-def test_hang_names_the_missing_rank_and_the_stuck_ones(tmp_path):
+@pytest.mark.parametrize("summaries", [True, False], ids=["footers", "events-only"])
+def test_hang_names_the_missing_rank_and_the_stuck_ones(tmp_path, summaries):
     n = 4
     rows = _healthy(n, range(10))
     rows += [event(r, 10, "all_reduce", n, 4096, 4096, T0 + 10_000_000, None) for r in (0, 1, 3)]
-    run_dir = write_run(tmp_path / "run", rows, n)
+    run_dir = write_run(tmp_path / "run", rows, n, summaries=summaries)
     _members(run_dir, n)
-    result = findings.hangs(Run.open(run_dir)).to_dicts()
+    run = Run.open(run_dir)
+    assert not run.settled()
+    result = findings.hangs(run).to_dicts()
     assert result == [{"pg": "0", "seq": 10, "op": "all_reduce", "missing_ranks": [2], "stuck_ranks": [0, 1, 3]}]
 
 
-def test_a_rank_that_never_started_the_group_is_missing(tmp_path):
+@pytest.mark.parametrize("summaries", [True, False], ids=["footers", "events-only"])
+def test_a_rank_that_never_started_the_group_is_missing(tmp_path, summaries):
     n = 3
     rows = [e for e in _healthy(n, range(3)) if e["rank"] != 1 or e["seq"] < 2]
     rows = [dict(e, t_end_ns=None, status="in_flight") if e["seq"] == 2 else e for e in rows]
-    run_dir = write_run(tmp_path / "run", rows, n)
+    run_dir = write_run(tmp_path / "run", rows, n, summaries=summaries)
     _members(run_dir, n)
-    (hang,) = findings.hangs(Run.open(run_dir)).to_dicts()
+    run = Run.open(run_dir)
+    assert not run.settled()
+    (hang,) = findings.hangs(run).to_dicts()
     assert (hang["seq"], hang["missing_ranks"], hang["stuck_ranks"]) == (2, [1], [0, 2])
 
 
-def test_healthy_run_has_no_hang_or_desync(tmp_path):
-    run_dir = write_run(tmp_path / "run", _healthy(4, range(20)), 4)
-    _members(run_dir, 4)
+def test_a_rank_whose_tail_is_missing_is_not_settled(tmp_path):
+    """Every recorded instance finished, but one rank holds fewer of them: its last segment is lost."""
+    rows = [e for e in _healthy(3, range(6)) if e["rank"] != 2 or e["seq"] < 4]
+    run_dir = write_run(tmp_path / "run", rows, 3)
+    _members(run_dir, 3)
     run = Run.open(run_dir)
-    assert findings.hangs(run).is_empty() and findings.desyncs(run).is_empty()
+    assert not run.settled()
+    (hang,) = findings.hangs(run).to_dicts()
+    assert (hang["seq"], hang["missing_ranks"], hang["stuck_ranks"]) == (4, [2], [])
 
 
-def test_desync_names_the_culprit(tmp_path):
+def test_healthy_run_has_no_hang_or_desync(tmp_path):
+    """The footers settle a healthy run; the answers and their columns are those of the event-by-event path."""
+    frames = {}
+    for summaries in (True, False):
+        run_dir = write_run(tmp_path / f"run{summaries}", _healthy(4, range(20)), 4, summaries=summaries)
+        _members(run_dir, 4)
+        run = Run.open(run_dir)
+        assert run.settled() is summaries
+        frames[summaries] = [findings.hangs(run), findings.desyncs(run), findings.stragglers(run)]
+    for settled, compared in zip(frames[True], frames[False], strict=True):
+        assert settled.schema == compared.schema
+        assert settled.equals(compared)
+    assert frames[True][0].is_empty() and frames[True][1].is_empty()
+
+
+@pytest.mark.parametrize("summaries", [True, False], ids=["footers", "events-only"])
+def test_desync_names_the_culprit(tmp_path, summaries):
     n = 4
     rows = _healthy(n, range(8))
     rows = [dict(e, op="broadcast") if (e["seq"], e["rank"]) == (3, 2) else e for e in rows]
     rows = [dict(e, bytes_in=8192) if (e["seq"], e["rank"]) == (5, 0) else e for e in rows]
     rows = [dict(e, dtype="bfloat16") if (e["seq"], e["rank"]) == (6, 1) else e for e in rows]
-    result = findings.desyncs(Run.open(write_run(tmp_path / "run", rows, n))).to_dicts()
+    run_dir = write_run(tmp_path / "run", rows, n, summaries=summaries)
+    _members(run_dir, n)
+    run = Run.open(run_dir)
+    assert not run.settled()
+    result = findings.desyncs(run).to_dicts()
     assert [(r["seq"], r["culprit_rank"], r["kind"]) for r in result] == [(3, 2, "op"), (5, 0, "size"), (6, 1, "dtype")]
     assert result[0]["expected_op"] == "all_reduce" and result[0]["culprit_op"] == "broadcast"
+
+
+def test_swapped_collectives_change_the_checksum(tmp_path):
+    """Two members that issue the same collectives in a different order disagree at both seqs."""
+    n = 2
+    rows = _healthy(n, range(4))
+    swap = {1: ("all_reduce", 4096), 2: ("all_gather_into_tensor", 1024)}
+    rows = [dict(e, op=swap[e["seq"]][0], bytes_in=swap[e["seq"]][1]) if e["seq"] in swap else e for e in rows]
+    rows = [
+        dict(e, op=swap[3 - e["seq"]][0], bytes_in=swap[3 - e["seq"]][1]) if e["seq"] in swap and e["rank"] == 1 else e
+        for e in rows
+    ]
+    run_dir = write_run(tmp_path / "run", rows, n)
+    _members(run_dir, n)
+    run = Run.open(run_dir)
+    assert not run.settled()
+    assert [r["seq"] for r in findings.desyncs(run).to_dicts()] == [1, 2]
 
 
 def test_network_counters_wrap_reset_and_units(tmp_path):
@@ -307,3 +354,14 @@ def test_per_step_communication(tmp_path):
     result = findings.steps(Run.open(write_run(tmp_path / "r", rows, n))).to_dicts()
     assert [(r["step"], r["rank"], r["ops"]) for r in result] == [(s, r, 2) for s in range(3) for r in range(n)]
     assert all(r["comm_ms"] == pytest.approx(2.0) and r["span_ms"] == pytest.approx(11.0) for r in result)
+
+
+def test_footers_settle_a_real_run(spawned):
+    """A real 4-rank run: its footers settle it, and every finding they shortcut is unchanged."""
+    run = Run.open(spawned["run"])
+    assert run.settled()
+    events_only = Run.open(spawned["run"])
+    events_only._settled = False
+    for finding in (findings.hangs, findings.desyncs, findings.stragglers):
+        settled, compared = finding(run), finding(events_only)
+        assert settled.schema == compared.schema and settled.equals(compared), finding.__name__
