@@ -25,6 +25,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from recorder.sampler import squeeze
 from recorder.schema import COLLECTIVE_SCHEMA, SAMPLE_SCHEMA, SAMPLES_PREFIX, SCHEMA_VERSION
 from recorder.sources import NET_DEV_COLUMNS
 from recorder.writer import SegmentWriter
@@ -33,6 +34,7 @@ RANKS_PER_HOST = 8
 T0_NS = 1_800_000_000_000_000_000
 COMPUTE_NS = 1_000_000  # each rank computes ~1 ms before each step's all_reduce
 BUS_GBPS = 20.0
+FLUSH_NS = 10_000_000_000  # the sampler's flush period (COMMTRACE_SAMPLE_FLUSH_S)
 
 
 def _dictionary(values: list[str], codes: np.ndarray) -> pa.DictionaryArray:
@@ -232,9 +234,16 @@ def _write_host_samples(out, host, duration_ns, clock_error, run_id, rng) -> int
         "text": pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int32()), pa.array([], pa.string())),
     }
     table = pa.Table.from_arrays([columns[f.name] for f in SAMPLE_SCHEMA], schema=SAMPLE_SCHEMA)
+    # As the sampler writes them: one batch per flush, squeezed (a counter's samples kept only
+    # around its changes).
     writer = SegmentWriter(os.path.join(out, f"host={host}"), "1-synt", {"commtrace.run_id": run_id})
-    writer.write(table, SAMPLES_PREFIX)
-    return n
+    flush = np.asarray(table["t_ns"]) // FLUSH_NS
+    written = 0
+    for k in np.unique(flush):
+        batch = squeeze(table.filter(pa.array(flush == k)))
+        writer.write(batch, SAMPLES_PREFIX)
+        written += batch.num_rows
+    return written
 
 
 def main() -> None:
