@@ -51,6 +51,7 @@ def diagnose(run: Run, thresholds: Thresholds = Thresholds()) -> dict:
     hosts_by_rank = {r: m.get("host") for r, m in run.ranks.items()}
     # Loss is pinned on a host by the job's own connections where the sampler saw them; the hosts'
     # TCP totals (every host that sends into a lossy link retransmits) only where it did not.
+    run.ensure_deltas()
     per_connection = run.sql("SELECT 1 FROM samples WHERE source = 'tcp_conn' LIMIT 1").height > 0
     if per_connection:
         packet_loss = [

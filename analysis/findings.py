@@ -105,38 +105,42 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
     (sum of starts - first start) - (sum of ends - last end).
     """
     # Only instances every member recorded and completed count. Where the segments' footers prove
-    # that of every instance (Run.settled), the two counts per instance that would check it, and
-    # the filter on them, are left out (a sixth of the query's time).
+    # that of every instance (Run.settled), the counts that would check it, and the filter on
+    # them, are left out.
     if run.settled():
         counts, full = "", ""
     else:
-        counts = ", count(*) OVER instance AS ranks, count(t_end_ns) OVER instance AS ended"
-        full = "WHERE ranks = pg_size AND ended = ranks"
+        counts = ", count(*) AS ranks, count(t_end_ns) AS ended, any_value(pg_size) AS pg_size"
+        full = "WHERE i.ranks = i.pg_size AND i.ended = i.ranks"
     per_rank = run.sql(
         f"""
-        WITH arrivals AS (
-            -- Each event beside its instance's first and last arrival, as window aggregates over
-            -- the instance: one pass over the events, where aggregating the instances and joining
-            -- them back reads and hashes every event twice (twice the time at 12.8M events). The
-            -- partition key is the 64-bit hash of (pg, seq): a fifth faster than the two columns,
-            -- and merging two instances would need a hash collision between them.
-            -- Only the start is moved onto rank 0's clock (lateness compares ranks); the gap
+        WITH events AS (
+            -- Read once: DuckDB materialises a CTE that is used twice (~36 B per event, in its
+            -- buffer pool, spilled past the memory limit), which is a fifth faster than reading
+            -- the segments twice. The instance key is the 64-bit hash of (pg, seq): a fifth faster
+            -- than the two columns, and merging two instances would need a hash collision between
+            -- them. Only the start is moved onto rank 0's clock (lateness compares ranks); the gap
             -- below is within one rank, where its offset cancels out.
-            SELECT rank, pg_size, t_start_ns, t_end_ns,
-                   start_ns - min(start_ns) OVER instance AS late_ns,
-                   max(start_ns) OVER instance - min(start_ns) OVER instance AS skew_ns,
-                   start_ns = max(start_ns) OVER instance AS at_last{counts}
-            FROM (
-                SELECT rank, pg, seq, pg_size, t_start_ns, t_end_ns, t_start_ns + {run.shift_sql} AS start_ns
-                FROM raw_collectives
-                WHERE op NOT IN {P2P_OPS_SQL} AND op NOT IN ('barrier', 'monitored_barrier')
-            )
-            WINDOW instance AS (PARTITION BY hash(pg, seq))
+            SELECT rank, hash(pg, seq) AS key, pg_size, t_start_ns, t_end_ns, t_start_ns + {run.shift_sql} AS start_ns
+            FROM raw_collectives
+            WHERE op NOT IN {P2P_OPS_SQL} AND op NOT IN ('barrier', 'monitored_barrier')
+        ),
+        inst AS (
+            SELECT key, min(start_ns) AS first_ns, max(start_ns) AS last_ns{counts} FROM events GROUP BY key
+        ),
+        arrivals AS (
+            -- Each event beside its instance's first and last arrival. Written as a join: the
+            -- same as window aggregates over the instance, which DuckDB plans as this very join
+            -- plus overhead (a sixth slower at 12.8M events).
+            SELECT e.rank, e.t_start_ns, e.t_end_ns, e.start_ns - i.first_ns AS late_ns,
+                   i.last_ns - i.first_ns AS skew_ns, e.start_ns = i.last_ns AS at_last
+            FROM events e JOIN inst i USING (key)
+            {full}
         ),
         late AS (
             SELECT rank, t_start_ns, t_end_ns, late_ns / 1e6 AS lateness_ms,
                    at_last AND skew_ns / 1e6 >= ? AS was_last
-            FROM arrivals {full}
+            FROM arrivals
         ),
         per_rank AS (
             SELECT rank, count(*) AS collectives, count(*) FILTER (WHERE was_last) AS times_last,

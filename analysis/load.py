@@ -43,6 +43,7 @@ class Run:
     _instances_ready: bool = False
     _settled: bool | None = None
     _deltas_ready: bool = False
+    _sample_files: bool = False  # samples is a view over Parquet files (else an empty table)
     # SQL for the ns to add to a row's own-clock timestamp to put it on rank 0's clock (for queries
     # over raw_collectives that need only some timestamps moved).
     shift_sql: str = "0"
@@ -161,6 +162,7 @@ class Run:
         if files:
             listed = ", ".join(_sql_string(p) for p in files)
             union = "false" if len(layouts) == 1 else "true"
+            self._sample_files = True
             self.con.execute(
                 f"CREATE VIEW samples AS SELECT * FROM read_parquet([{listed}], union_by_name = {union}, "
                 "hive_partitioning = false)"
@@ -310,13 +312,19 @@ class Run:
         return True
 
     def ensure_deltas(self) -> None:
-        """Compute ``counter_deltas`` once: the view is replaced by one over a temporary table of its rows.
+        """Read the host samples once: ``samples`` and ``counter_deltas`` become views over temporary
+        tables of their rows.
 
         Several findings (network, TCP loss, lossy hosts, bad intervals, the busiest interface) read
-        the deltas; each would otherwise sort every counter's samples again.
+        them; each would otherwise open every sample segment and sort every counter's samples again.
+        The sampler keeps a counter's samples only around its changes, so these tables are small
+        next to the events (and DuckDB spills them if not).
         """
         if self._deltas_ready:
             return
+        if self._sample_files:
+            self.con.execute("CREATE TEMP TABLE samples_rows AS SELECT * FROM samples")
+            self.con.execute("CREATE OR REPLACE VIEW samples AS SELECT * FROM samples_rows")
         self.con.execute("CREATE TEMP TABLE counter_deltas_rows AS SELECT * FROM counter_deltas")
         self.con.execute("CREATE OR REPLACE VIEW counter_deltas AS SELECT * FROM counter_deltas_rows")
         self._deltas_ready = True
