@@ -71,9 +71,11 @@ class Run:
             if isinstance(meta, dict) and isinstance(meta.get("rank"), int):
                 ranks.setdefault(meta["rank"], meta)
         con = duckdb.connect()
-        # DuckDB's own progress bar goes to stdout, into the CSV or JSON a script is reading: ours
-        # (analysis.progress) writes to a terminal's stderr only.
-        con.execute("SET enable_progress_bar = false")
+        # DuckDB's own progress bar goes to stdout, into the CSV or JSON a script is reading (ours,
+        # analysis.progress, writes to a terminal's stderr only). In Jupyter it starts off, and
+        # any SET of it fails unless ipywidgets is installed: only switched off where it is on.
+        if con.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0]:
+            con.execute("SET enable_progress_bar = false")
         # Row order is never relied on (every query orders what it returns): lets DuckDB parallelise
         # and spill more freely.
         con.execute("SET preserve_insertion_order = false")
