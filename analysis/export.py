@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from typing import IO
 
 import polars as pl
 
+from analysis import timelines
 from analysis.load import Run, TraceError
 
 
@@ -55,14 +58,21 @@ def trace_events(run: Run) -> list[dict]:
             }
         )
     # A rate holds over its interval (t0, t1]: one counter event at t0 per interval and direction,
-    # each direction its own track (the sampler's samples of tx and rx need not line up).
-    throughput = run.sql("""
-        SELECT host, device AS interface, CASE counter WHEN 'tx_bytes' THEN 'tx' ELSE 'rx' END AS direction,
-               t0_ns, t1_ns, bytes * 8 / ((t1_ns - t0_ns) / 1e9) / 1e9 AS gbitps
-        FROM counter_deltas
-        WHERE source = 'net_dev' AND counter IN ('tx_bytes', 'rx_bytes') AND t1_ns > t0_ns
-        ORDER BY host, device, direction, t0_ns
-    """)
+    # each direction its own track (the sampler's samples of tx and rx need not line up). Sample
+    # times are on rank 0's clock, like the slices (timelines.host_series), in s since ``first``.
+    throughput = (
+        timelines.host_series(run)
+        .filter(pl.col("series").is_in(["tx_gbitps", "rx_gbitps"]))
+        .select(
+            "host",
+            "interface",
+            pl.col("series").str.slice(0, 2).alias("direction"),
+            (pl.col("t0_s") * 1e6).alias("t0_us"),
+            (pl.col("t1_s") * 1e6).alias("t1_us"),
+            pl.col("value").alias("gbitps"),
+        )
+        .sort(["host", "interface", "direction", "t0_us"])
+    )
     busy = throughput.group_by(["host", "interface"]).agg(pl.col("gbitps").max()).filter(pl.col("gbitps") > 0)
     busy_interfaces = {(r["host"], r["interface"]) for r in busy.iter_rows(named=True)}
     host_pids: dict[str, int] = {}
@@ -77,32 +87,64 @@ def trace_events(run: Run) -> list[dict]:
                 "ph": "C",
                 "name": name,
                 "pid": pid,
-                "ts": (r["t0_ns"] - first) / 1e3,
+                "ts": r["t0_us"],
                 "args": {r["direction"]: round(r["gbitps"], 6)},
             }
         )
-        last_end[(pid, name, r["direction"])] = r["t1_ns"]
+        last_end[(pid, name, r["direction"])] = r["t1_us"]
     for (pid, name, direction), t1 in last_end.items():  # the series ends: back to zero
-        events.append({"ph": "C", "name": name, "pid": pid, "ts": (t1 - first) / 1e3, "args": {direction: 0.0}})
+        events.append({"ph": "C", "name": name, "pid": pid, "ts": t1, "args": {direction: 0.0}})
     for host, pid in host_pids.items():
         events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": f"host {host}"}})
     return events
 
 
-def write(run: Run, path: str, overwrite: bool = False) -> int:
-    """Write the trace to ``path`` (never over an existing file unless ``overwrite``); returns the event count."""
+def check_new_file(path: str, overwrite: bool = False) -> None:
+    """Raise TraceError unless ``path`` can be written: it must not exist (unless ``overwrite``) and its
+    folder must. Checked before the work of making the output, so that a refusal costs nothing."""
     if os.path.exists(path) and not overwrite:
         raise TraceError(f"{path} exists; choose another name or pass --force to replace it")
-    events = trace_events(run)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise TraceError(f"{folder}: no such directory")
+
+
+def write_new_file(path: str, content: str | Callable[[IO[str]], None], overwrite: bool = False) -> None:
+    """Write ``content`` (text, or a function that writes to the file) to ``path`` whole or not at all.
+
+    It is written under a temporary name first; without ``overwrite`` it is then hard-linked into
+    place, which fails rather than replace a file that appeared meanwhile, so nothing the user had
+    is ever overwritten.
+    """
+    check_new_file(path, overwrite)
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(
-            {
-                "traceEvents": events,
-                "displayTimeUnit": "ms",
-                "otherData": {"run_id": run.run_id, "producer": "commtrace"},
-            },
-            fh,
-        )
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            if callable(content):
+                content(fh)
+            else:
+                fh.write(content)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    except FileExistsError:
+        raise TraceError(f"{path} exists; choose another name or pass --force to replace it") from None
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot write it ({exc.strerror or exc.__class__.__name__})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write(run: Run, path: str, overwrite: bool = False) -> int:
+    """Write the trace to ``path`` (never over an existing file unless ``overwrite``); returns the event count."""
+    check_new_file(path, overwrite)
+    events = trace_events(run)
+    document = {
+        "traceEvents": events,
+        "displayTimeUnit": "ms",
+        "otherData": {"run_id": run.run_id, "producer": "commtrace"},
+    }
+    write_new_file(path, lambda fh: json.dump(document, fh), overwrite)
     return len(events)

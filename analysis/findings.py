@@ -79,6 +79,47 @@ def straggler_instances(run: Run) -> pl.DataFrame:
     """)
 
 
+def _arrivals_ctes(run: Run) -> str:
+    """CTEs ending in ``arrivals``: each collective event (p2p and barriers left out) of an instance
+    every member recorded and completed, beside the instance's first and last arrival.
+
+    Columns of ``arrivals``: rank, t_start_ns, t_end_ns (the rank's own clock), first_ns (the
+    instance's first arrival on rank 0's clock), late_ns (this arrival - the first), skew_ns (last -
+    first), at_last (this rank arrived last; ranks tied for last all are).
+    """
+    # Only instances every member recorded and completed count. Where the segments' footers prove
+    # that of every instance (Run.settled), the counts that would check it, and the filter on
+    # them, are left out.
+    if run.settled():
+        counts, full = "", ""
+    else:
+        counts = ", count(*) AS ranks, count(t_end_ns) AS ended, any_value(pg_size) AS pg_size"
+        full = "WHERE i.ranks = i.pg_size AND i.ended = i.ranks"
+    return f"""
+        events AS (
+            -- Read once: DuckDB materialises a CTE that is used twice (~36 B per event, in its
+            -- buffer pool, spilled past the memory limit), which is a fifth faster than reading
+            -- the segments twice. The instance key is the 64-bit hash of (pg, seq): a fifth faster
+            -- than the two columns, and merging two instances would need a hash collision between
+            -- them. Only the start is moved onto rank 0's clock (lateness compares ranks); gaps
+            -- within one rank need no offset, which cancels out.
+            SELECT rank, hash(pg, seq) AS key, pg_size, t_start_ns, t_end_ns, t_start_ns + {run.shift_sql} AS start_ns
+            FROM raw_collectives
+            WHERE op NOT IN {P2P_OPS_SQL} AND op NOT IN ('barrier', 'monitored_barrier')
+        ),
+        inst AS (
+            SELECT key, min(start_ns) AS first_ns, max(start_ns) AS last_ns{counts} FROM events GROUP BY key
+        ),
+        arrivals AS (
+            -- Written as a join: the same as window aggregates over the instance, which DuckDB
+            -- plans as this very join plus overhead (a sixth slower at 12.8M events).
+            SELECT e.rank, e.t_start_ns, e.t_end_ns, i.first_ns, e.start_ns - i.first_ns AS late_ns,
+                   i.last_ns - i.first_ns AS skew_ns, e.start_ns = i.last_ns AS at_last
+            FROM events e JOIN inst i USING (key)
+            {full}
+        )"""
+
+
 def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
     """Per rank: how often it arrived last, its mean and p95 lateness, and a robust outlier score.
 
@@ -104,39 +145,9 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
     computed without ordering the events: over a rank's n collectives, the sum of the gaps is
     (sum of starts - first start) - (sum of ends - last end).
     """
-    # Only instances every member recorded and completed count. Where the segments' footers prove
-    # that of every instance (Run.settled), the counts that would check it, and the filter on
-    # them, are left out.
-    if run.settled():
-        counts, full = "", ""
-    else:
-        counts = ", count(*) AS ranks, count(t_end_ns) AS ended, any_value(pg_size) AS pg_size"
-        full = "WHERE i.ranks = i.pg_size AND i.ended = i.ranks"
     per_rank = run.sql(
         f"""
-        WITH events AS (
-            -- Read once: DuckDB materialises a CTE that is used twice (~36 B per event, in its
-            -- buffer pool, spilled past the memory limit), which is a fifth faster than reading
-            -- the segments twice. The instance key is the 64-bit hash of (pg, seq): a fifth faster
-            -- than the two columns, and merging two instances would need a hash collision between
-            -- them. Only the start is moved onto rank 0's clock (lateness compares ranks); the gap
-            -- below is within one rank, where its offset cancels out.
-            SELECT rank, hash(pg, seq) AS key, pg_size, t_start_ns, t_end_ns, t_start_ns + {run.shift_sql} AS start_ns
-            FROM raw_collectives
-            WHERE op NOT IN {P2P_OPS_SQL} AND op NOT IN ('barrier', 'monitored_barrier')
-        ),
-        inst AS (
-            SELECT key, min(start_ns) AS first_ns, max(start_ns) AS last_ns{counts} FROM events GROUP BY key
-        ),
-        arrivals AS (
-            -- Each event beside its instance's first and last arrival. Written as a join: the
-            -- same as window aggregates over the instance, which DuckDB plans as this very join
-            -- plus overhead (a sixth slower at 12.8M events).
-            SELECT e.rank, e.t_start_ns, e.t_end_ns, e.start_ns - i.first_ns AS late_ns,
-                   i.last_ns - i.first_ns AS skew_ns, e.start_ns = i.last_ns AS at_last
-            FROM events e JOIN inst i USING (key)
-            {full}
-        ),
+        WITH {_arrivals_ctes(run)},
         late AS (
             SELECT rank, t_start_ns, t_end_ns, late_ns / 1e6 AS lateness_ms,
                    at_last AND skew_ns / 1e6 >= ? AS was_last
@@ -361,6 +372,22 @@ _BAD_COUNTERS_SQL = """
 """
 
 
+def host_offsets_ctes(run: Run) -> str | None:
+    """CTEs ``rank_hosts(rank, host)`` and ``host_offsets(host, offset_ns)``: the ns that move a host's
+    sample times onto rank 0's timeline (the measured offset of the host's lowest rank); None when
+    no rank names its host."""
+    hosts = sorted((rank, str(meta.get("host"))) for rank, meta in run.ranks.items() if meta.get("host"))
+    if not hosts:
+        return None
+    values = ", ".join(f"({rank}, {_sql_string(host)})" for rank, host in hosts)
+    return f"""
+        rank_hosts(rank, host) AS (VALUES {values}),
+        host_offsets AS (
+            SELECT h.host, arg_min(coalesce(o.offset_ns, 0), h.rank) AS offset_ns
+            FROM rank_hosts h LEFT JOIN clock_offsets o USING (rank) GROUP BY h.host
+        )"""
+
+
 def bad_intervals(run: Run) -> pl.DataFrame:
     """Sampling intervals in which a host's loss or error counters moved, and the collectives of that
     host's ranks that overlapped them (what the bad interval may have slowed down).
@@ -370,16 +397,11 @@ def bad_intervals(run: Run) -> pl.DataFrame:
     ended (or, in flight, started) after it began.
     """
     run.ensure_deltas()
-    hosts = sorted((rank, str(meta.get("host"))) for rank, meta in run.ranks.items() if meta.get("host"))
-    if not hosts:
+    hosts = host_offsets_ctes(run)
+    if hosts is None:
         return pl.DataFrame()
-    values = ", ".join(f"({rank}, {_sql_string(host)})" for rank, host in hosts)
     return run.sql(f"""
-        WITH rank_hosts(rank, host) AS (VALUES {values}),
-        host_offsets AS (
-            SELECT h.host, arg_min(coalesce(o.offset_ns, 0), h.rank) AS offset_ns
-            FROM rank_hosts h LEFT JOIN clock_offsets o USING (rank) GROUP BY h.host
-        ),
+        WITH {hosts},
         bad AS (
             SELECT d.host, d.source, d.device, d.counter, d.delta,
                    d.t0_ns + coalesce(h.offset_ns, 0) AS t0_ns, d.t1_ns + coalesce(h.offset_ns, 0) AS t1_ns
