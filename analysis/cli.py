@@ -9,6 +9,7 @@
     analyze-trace network RUN_DIR          what the wire did: interfaces, TCP loss, RDMA counters
     analyze-trace sql RUN_DIR "SELECT ..." an ad-hoc query over the run's views
     analyze-trace export RUN_DIR -o trace.json   Chrome/Perfetto trace of every rank
+    analyze-trace report RUN_DIR [--compare BASELINE] -o report.html   one HTML file: plots and findings
     analyze-trace diagnose RUN_DIR [--fail-on-problem]   everything that was flagged
     analyze-trace compare RUN_A RUN_B [--threshold 0.1] [--fail-on-regression]
 
@@ -203,6 +204,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis import report
+    from analysis.export import check_new_file
+
+    check_new_file(args.output, args.force)  # before the work, not after it
+    run = Run.open(args.run)
+    baseline = Run.open(args.compare) if args.compare else None
+    size = report.write(run, args.output, baseline, args.threshold, overwrite=args.force)
+    progress.stop()
+    print(f"wrote {args.output} ({size / 1024:.0f} KiB, self-contained: open it in any browser)")
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     run = _open(args)
     try:
@@ -318,6 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the JSON file to write")
     p.add_argument("--force", action="store_true", help="replace the output file if it exists")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML file: what was flagged, plots, tables (optionally against another run)",
+        description="Write a post-mortem report of the run as one HTML file (figures embedded, no script, "
+        "nothing fetched): what diagnose flagged, the run's metadata, arrival lateness, bandwidth by size, "
+        "what the NICs saw, the link probe; with --compare, the run against a baseline run.",
+        epilog="example: analyze-trace report traces/today --compare traces/last-week -o today.html",
+    )
+    p.add_argument("run", help="a run directory (<COMMTRACE_DIR>/<run_id>)")
+    p.add_argument("--compare", metavar="BASELINE", help="a baseline run to compare this one against")
+    p.add_argument("--threshold", type=float, default=0.10, help="relative change that counts (default 0.10)")
+    p.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    p.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    p.set_defaults(func=cmd_report)
     _command(
         sub,
         "hangs",
