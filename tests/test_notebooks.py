@@ -57,4 +57,4 @@ def test_comparison_flags_the_slow_link_run():
     table = buckets.outputs[0]["data"]["text/html"]
     assert "true" in table.lower()  # at least one regression flagged
     verdicts = notebook.cells[-1].outputs[0]["data"]["text/plain"]
-    assert "'healthy': 'nothing flagged'" in verdicts and "slow_links" in verdicts
+    assert "'sweep': 'nothing flagged'" in verdicts and "slow_links" in verdicts
