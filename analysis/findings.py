@@ -388,13 +388,15 @@ def host_offsets_ctes(run: Run) -> str | None:
         )"""
 
 
-def bad_intervals(run: Run) -> pl.DataFrame:
+def bad_intervals(run: Run, worst: int | None = None) -> pl.DataFrame:
     """Sampling intervals in which a host's loss or error counters moved, and the collectives of that
     host's ranks that overlapped them (what the bad interval may have slowed down).
 
     Sample times are the host's clock; they are moved onto rank 0's timeline with the measured offset
     of the host's lowest rank. A collective overlaps if it started before the interval ended and
-    ended (or, in flight, started) after it began.
+    ended (or, in flight, started) after it began. ``worst``: only that many intervals, those whose
+    counter moved most (matching every interval of a long, lossy run against every collective of
+    the host's ranks is the costly part).
     """
     run.ensure_deltas()
     hosts = host_offsets_ctes(run)
@@ -407,6 +409,8 @@ def bad_intervals(run: Run) -> pl.DataFrame:
                    d.t0_ns + coalesce(h.offset_ns, 0) AS t0_ns, d.t1_ns + coalesce(h.offset_ns, 0) AS t1_ns
             FROM counter_deltas d LEFT JOIN host_offsets h USING (host)
             WHERE d.delta > 0 AND ({_BAD_COUNTERS_SQL})
+            ORDER BY d.delta DESC, t0_ns
+            {"" if worst is None else f"LIMIT {int(worst)}"}
         ),
         overlapping AS (
             SELECT b.host, b.source, b.device, b.counter, b.t0_ns, b.t1_ns, c.rank, c.pg, c.op

@@ -202,8 +202,8 @@ def _run_sections(run: Run, report: dict) -> list[str]:
     )
     out.append("<h3>Interfaces</h3>" + _frame(findings.network(run)))
     out.append("<h3>TCP retransmissions</h3>" + _frame(findings.tcp_loss(run)))
-    intervals = findings.bad_intervals(run)
-    out.append("<h3>Intervals in which loss or error counters moved</h3>" + _frame(intervals))
+    intervals = findings.bad_intervals(run, worst=MAX_ROWS)
+    out.append(f"<h3>Intervals in which loss or error counters moved (the {MAX_ROWS} worst)</h3>" + _frame(intervals))
 
     links = findings.links(run)
     out.append("<h2>Link probe</h2>")
