@@ -226,14 +226,16 @@ def install() -> bool:
             continue
         _originals[name] = original
         _set(name, wrap(original))
+    # Put in place by capture while a send/recv waits to be waited on (see capture.wait_hook).
     _originals["Work.wait"] = _Work.__dict__["wait"]
-    _Work.wait = capture.make_wait_hook(_Work.__dict__["wait"])
+    capture.wait_hook = capture.make_wait_hook(_Work.__dict__["wait"])
     return True
 
 
 def uninstall() -> None:
     """Put back every original object exactly."""
     wait = _originals.pop("Work.wait", None)
+    capture.wait_hook = None
     if wait is not None:
         _Work.wait = wait
     capture.waiting.clear()
