@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import duckdb
 import polars as pl
 
 from analysis import findings, progress
@@ -364,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
     except TraceError as exc:
         print(f"analyze-trace: {exc}", file=sys.stderr)
+        return 2
+    except duckdb.OutOfMemoryException as exc:
+        first = str(exc).splitlines()[0]
+        print(f"analyze-trace: {first}; give DuckDB more room (COMMTRACE_ANALYSIS_MEMORY=...)", file=sys.stderr)
+        return 2
+    except duckdb.IOException as exc:  # e.g. no space left where DuckDB spills
+        print(f"analyze-trace: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

@@ -10,6 +10,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
+import tempfile
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -52,7 +55,10 @@ class Run:
     _members: dict[str, set[int]] = field(default_factory=dict)  # pg -> member ranks, from the ranks' metadata
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> Run:
+    def open(cls, path: str | os.PathLike, memory_limit: str | None = None) -> Run:
+        """Open a run directory. ``memory_limit`` (e.g. ``"2GB"``, default: $COMMTRACE_ANALYSIS_MEMORY,
+        else DuckDB's 80 % of RAM) caps what DuckDB holds; past it, it spills to a private folder
+        in the system's temporary directory, removed when the run is closed or the process ends."""
         path = os.fspath(path)
         if not os.path.exists(path):
             raise TraceError(f"{path}: no such directory")
@@ -82,6 +88,18 @@ class Run:
         # Footers are read once, by the inspection below, not again each time a query is planned
         # (a sixth of a second per query over a run of a thousand segments).
         con.execute("SET parquet_metadata_cache = true")
+        # Spills go to a folder of our own (DuckDB's default is ./.tmp: wherever the user stands,
+        # perhaps inside the trace), removed with the connection.
+        spill = tempfile.mkdtemp(prefix="commtrace-spill-")
+        weakref.finalize(con, shutil.rmtree, spill, ignore_errors=True)
+        con.execute(f"SET temp_directory = {_sql_string(spill)}")
+        limit = memory_limit or os.environ.get("COMMTRACE_ANALYSIS_MEMORY")
+        if limit:
+            try:
+                con.execute(f"SET memory_limit = {_sql_string(limit)}")
+            except duckdb.Error:
+                con.close()
+                raise TraceError(f"memory limit {limit!r}: not a size DuckDB understands (e.g. 2GB, 512MB)") from None
         segments = []
         found = sorted(glob.glob(os.path.join(path, "rank=*", "collectives-*.parquet")))
         checked = _inspect_segments(found, REQUIRED_COLUMNS, con)
