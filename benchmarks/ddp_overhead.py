@@ -1,0 +1,136 @@
+"""A real gloo DDP training loop, 2 ranks, with recording on and off, paired: the slowdown users would see.
+
+Each run is a fresh ``torchrun`` job (2 ranks, one thread each) that trains a small MLP with
+DistributedDataParallel and times ``--steps`` steps after a warm-up, between barriers. Runs alternate
+off/on/on/off... so that drift in the machine's speed hits both sides alike; each adjacent off/on
+pair gives one slowdown figure. Prints one JSON line: step time with and without recording and the
+slowdown in % (min/median/max over pairs), and the events recorded per step.
+
+    python benchmarks/ddp_overhead.py [--pairs 6] [--steps 1500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def worker(steps: int, warmup: int, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.5)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
+    generator = torch.Generator().manual_seed(rank)
+    batches = [(torch.randn(32, 256, generator=generator), torch.randint(0, 10, (32,), generator=generator))]
+
+    def step() -> None:
+        x, y = batches[0]
+        opt.zero_grad()
+        nn.functional.cross_entropy(ddp(x), y).backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    dist.barrier()
+    elapsed = time.perf_counter() - t0
+    if rank == 0:
+        with open(out, "w") as fh:
+            json.dump({"seconds": elapsed, "steps": steps}, fh)
+    dist.destroy_process_group()
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _job(record: bool, steps: int, warmup: int, tmp: str, k: int) -> float:
+    out = os.path.join(tmp, f"result-{k}.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    env.pop("COMMTRACE_DIR", None)
+    if record:
+        env["COMMTRACE_DIR"] = os.path.join(tmp, f"traces-{k}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port()]
+    command += [os.path.abspath(__file__), "--worker", "--steps", str(steps), "--warmup", str(warmup), "--out", out]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"the training job failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    with open(out) as fh:
+        return json.load(fh)["seconds"] / steps
+
+
+def _events(tmp: str) -> tuple[int, int]:
+    """(events, bytes) of every collectives segment the recorded runs wrote."""
+    import pyarrow.parquet as pq
+
+    total = size = 0
+    for root, _, files in os.walk(tmp):
+        for name in files:
+            if name.startswith("collectives-") and name.endswith(".parquet"):
+                total += pq.read_metadata(os.path.join(root, name)).num_rows
+                size += os.path.getsize(os.path.join(root, name))
+    return total, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.steps, args.warmup, args.out)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        off, on, slowdown = [], [], []
+        k = 0
+        for pair in range(args.pairs):
+            order = (False, True) if pair % 2 == 0 else (True, False)
+            times = {}
+            for record in order:
+                times[record] = _job(record, args.steps, args.warmup, tmp, k)
+                k += 1
+            off.append(times[False])
+            on.append(times[True])
+            slowdown.append((times[True] - times[False]) / times[False] * 100)
+        events, size = _events(tmp)
+    runs = args.pairs
+    print(
+        json.dumps(
+            {
+                "step_ms_off_median": round(statistics.median(off) * 1e3, 4),
+                "step_ms_on_median": round(statistics.median(on) * 1e3, 4),
+                "slowdown_pct_min": round(min(slowdown), 3),
+                "slowdown_pct_median": round(statistics.median(slowdown), 3),
+                "slowdown_pct_max": round(max(slowdown), 3),
+                "events_per_step_per_rank": round(events / runs / 2 / (args.steps + args.warmup), 2),
+                "bytes_per_event": round(size / max(events, 1), 2),
+                "pairs": args.pairs,
+                "steps": args.steps,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

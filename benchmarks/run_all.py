@@ -1,0 +1,200 @@
+"""Run every benchmark and write BENCHMARKS.md: the performance budget, measured on this machine.
+
+Each benchmark is its own command (listed in the table it writes, to rerun one alone); this runs
+them one after the other, never two at once, and records the machine, the date, the versions and
+each figure against its target (../shared/DESIGN.md, Numbers).
+
+    python benchmarks/run_all.py [--only overhead,ddp,...] [--out BENCHMARKS.md]
+
+Takes about 15 minutes on 2 cores, most of it generating and analysing the 2e8-event run (once:
+it is kept in --scratch and reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _run(command: list[str], timeout: float = 3600) -> list[dict]:
+    """Run a benchmark; its JSON lines on stdout."""
+    started = time.monotonic()
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    print(f"  {' '.join(command[1:])}: {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return rows
+
+
+def _bytes_per_event(run_dir: str) -> tuple[int, int]:
+    import pyarrow.parquet as pq
+
+    rows = size = 0
+    for root, _, files in os.walk(run_dir):
+        for name in files:
+            if name.startswith("collectives-") and name.endswith(".parquet"):
+                path = os.path.join(root, name)
+                rows += pq.read_metadata(path).num_rows
+                size += os.path.getsize(path)
+    return size, rows
+
+
+def _machine() -> list[tuple[str, str]]:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = "?"
+    try:
+        with open("/proc/meminfo") as fh:
+            kib = int(next(line.split()[1] for line in fh if line.startswith("MemTotal")))
+        memory = f"{kib / 2**20:.1f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    versions = []
+    for name in ("torch", "duckdb", "polars", "pyarrow", "numpy", "pandas", "matplotlib"):
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return [
+        ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        ("commit", commit.stdout.strip() or "?"),
+        ("CPU", f"{cpu}, {os.cpu_count()} cores"),
+        ("memory", memory),
+        ("system", f"{platform.system()} {platform.release()}"),
+        ("Python", platform.python_version()),
+        ("libraries", ", ".join(versions)),
+    ]
+
+
+def _spread(low, mid, high, unit: str) -> str:
+    return f"{mid}{unit} (min {low}, max {high})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated: overhead, ddp, sampler, memory, scale, out_of_core")
+    parser.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    parser.add_argument("--scratch", default="/tmp", help="where the synthetic runs are generated and kept")
+    args = parser.parse_args()
+    chosen = set(args.only.split(",")) if args.only else None
+    py = sys.executable
+    scale_run = os.path.join(args.scratch, "commtrace-scale-64x200k")
+    big_run = os.path.join(args.scratch, "commtrace-ooc-2e8")
+    rows: list[tuple[str, str, str, str, bool | None]] = []  # what, command, figure, target, met
+    raw: dict[str, list[dict]] = {}
+
+    def want(name: str) -> bool:
+        return chosen is None or name in chosen
+
+    def add(what: str, command, figure: str, target: str, met: bool) -> None:
+        rows.append((what, " ".join(command[1:]) if command else "-", figure, target, met))
+
+    if want("overhead"):
+        command = [py, "benchmarks/recorder_overhead.py", "--repeats", "21"]
+        for r in _run(command):
+            raw.setdefault("overhead", []).append(r)
+            per_op = 2 if r["op"] == "isend_irecv_pair" else 1
+            low, mid, high = (round(r[f"added_us_{k}"] / per_op, 2) for k in ("min", "median", "max"))
+            name = "an isend/irecv pair (per op)" if per_op == 2 else r["op"]
+            add(f"recorder cost per call: {name}", command, _spread(low, mid, high, " us"), "<= 1 us", mid <= 1.0)
+    if want("ddp"):
+        command = [py, "benchmarks/ddp_overhead.py", "--pairs", "8"]
+        (r,) = raw["ddp"] = _run(command)
+        figure = _spread(r["slowdown_pct_min"], r["slowdown_pct_median"], r["slowdown_pct_max"], " %")
+        figure += f"; step {r['step_ms_off_median']} ms off, {r['step_ms_on_median']} ms on"
+        met = r["slowdown_pct_median"] < 0.5
+        add("gloo DDP training loop, 2 ranks, recording on vs off", command, figure, "< 0.5 %", met)
+        per_event = r["bytes_per_event"]
+        figure = f"{per_event} B ({r['steps']} steps, {r['events_per_step_per_rank']} events per step and rank)"
+        add("bytes on disk per event: those DDP runs", command, figure, "<= 16 B", per_event <= 16)
+    if want("sampler"):
+        command = [py, "benchmarks/sampler_cost.py", "--seconds", "40"]
+        (r,) = raw["sampler"] = _run(command)
+        share = r["steady_share_of_one_core_pct"]
+        figure = f"{share} % of one core (a bare thread waking as often: {r['bare_wakeups_share_of_one_core_pct']} %)"
+        figure += f"; sources {', '.join(r['sources'])}"
+        add("sampler at 10 Hz, every source", command, figure, "< 0.2 %", share < 0.2)
+    if want("memory"):
+        command = [py, "benchmarks/recorder_memory.py", "--calls", "1000000"]
+        (r,) = raw["memory"] = _run(command)
+        peak = r["recorder_private_peak_mib"]
+        figure = f"{peak} MiB private at peak, growth after 100k calls {r['private_growth_after_100k_calls_mib']} MiB"
+        figure += f" (+{r['recorder_shared_file_mib']} MiB of shared library pages)"
+        figure += f"; {r['events_written']:,} events, {r['events_dropped']} dropped"
+        add("recorder memory, 1M collectives as fast as the fake backend goes", command, figure, "<= 32 MB", peak <= 32)
+        per_event = r["bytes_per_event"]
+        add(
+            "bytes on disk per event: that run (identical calls)", command, f"{per_event} B", "<= 16 B", per_event <= 16
+        )
+    if want("scale"):
+        command = [py, "benchmarks/analysis_scale.py", "--run", scale_run, "--repeats", "5", "--pandas-repeats", "5"]
+        (r,) = raw["scale"] = _run(command)
+        d, p = r["duckdb"], r["pandas"]
+        walls = [d["wall_s"][k] for k in ("min", "median", "max")]
+        figure = f"{_spread(*walls, ' s')}, {d['peak_rss_mib']} MiB; straggler found: {d['exactly_the_injected_one']}"
+        add("analyze-trace diagnose, 64 ranks x 200k collectives", command, figure, "<= 5 s on 2 cores", walls[1] <= 5)
+        walls = [p["wall_s"][k] for k in ("min", "median", "max")]
+        figure = f"{r['speedup_median']}x (pandas {_spread(*walls, ' s')}, {p['peak_rss_mib']} MiB)"
+        met = r["speedup_median"] >= 10
+        add("the same findings in straightforward pandas, side by side", command, figure, ">= 10x", met)
+        size, count = _bytes_per_event(scale_run)
+        what = "bytes on disk per event: that synthetic run (varied sizes, simulated timings)"
+        add(what, None, f"{size / count:.1f} B", "<= 16 B", size / count <= 16)
+    if want("out_of_core"):
+        command = [py, "benchmarks/analysis_out_of_core.py", "--run", big_run, "--memory-limit", "2GB"]
+        (r,) = raw["out_of_core"] = _run(command, timeout=7200)
+        figure = f"{r['events']:,} events ({r['bytes_on_disk'] / 2**30:.1f} GiB on disk): {r['wall_s']} s"
+        figure += f", peak RSS {r['peak_rss_mib']} MiB with DuckDB's limit at {r['memory_limit']}"
+        figure += f"; straggler found: {r['exactly_the_injected_one']}"
+        met = r["completed"] and r["peak_rss_mib"] <= 4096
+        add("analysis out of core: diagnose", command, figure, "completes, <= 4 GB RSS", met)
+
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `python benchmarks/run_all.py` ({'only ' + args.only if args.only else 'every benchmark'}).",
+        "Each row's command reruns that benchmark alone.",
+        "Figures are medians over paired, alternating runs (min and max beside them); a machine this small is noisy,",
+        "so read a ratio measured side by side, not an absolute time.",
+        "",
+        "| | |",
+        "| --- | --- |",
+        *[f"| {k} | {v} |" for k, v in _machine()],
+        "",
+        "| what | command | figure | target | met |",
+        "| --- | --- | --- | --- | --- |",
+        *[
+            f"| {what} | `{cmd}` | {fig} | {target} | {'yes' if met else 'no'} |"
+            for what, cmd, fig, target, met in rows
+        ],
+        "",
+        "## Raw results",
+        "",
+        "```json",
+        json.dumps(raw, indent=1),
+        "```",
+        "",
+    ]
+    with open(args.out, "w") as fh:
+        fh.write("\n".join(lines))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
