@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 import weakref
@@ -20,9 +21,27 @@ import duckdb
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1  # the newest trace schema this analysis understands
-REQUIRED_COLUMNS = {"rank", "pg", "seq", "op", "bytes_in", "bytes_out", "t_start_ns", "t_end_ns", "status"}
-SAMPLE_COLUMNS = {"t_ns", "host", "source", "device", "counter", "value"}
-PROBE_COLUMNS = {"phase", "src_host", "dst_host", "bandwidth_gbps", "latency_us"}
+# The columns the analysis reads, with their Parquet physical types: a file that has them under
+# other types (a stranger's file, a damaged footer) is skipped, not left to fail a query.
+_S, _I32, _I64, _F64 = "BYTE_ARRAY", "INT32", "INT64", "DOUBLE"
+REQUIRED_COLUMNS = {
+    "rank": _I32,
+    "pg": _S,
+    "seq": _I64,
+    "op": _S,
+    "bytes_in": _I64,
+    "bytes_out": _I64,
+    "t_start_ns": _I64,
+    "t_end_ns": _I64,
+    "status": _S,
+}
+SAMPLE_COLUMNS = {"t_ns": _I64, "host": _S, "source": _S, "device": _S, "counter": _S, "value": _I64}
+PROBE_COLUMNS = {"phase": _S, "src_host": _S, "dst_host": _S, "bandwidth_gbps": _F64, "latency_us": _F64}
+# The samples view of a run without (readable) host samples.
+_NO_SAMPLES = (
+    "SELECT NULL::BIGINT AS t_ns, NULL::VARCHAR AS host, NULL::VARCHAR AS source, NULL::VARCHAR AS device, "
+    "NULL::INTEGER AS port, NULL::VARCHAR AS counter, NULL::BIGINT AS value, NULL::VARCHAR AS text WHERE false"
+)
 P2P_OPS_SQL = "('send', 'recv', 'recv_anysource')"
 # What members of one collective must agree on besides op and dtype: the size each member sends
 # (scatter: what each receives); all_to_all splits may legally differ.
@@ -46,7 +65,8 @@ class Run:
     _instances_ready: bool = False
     _settled: bool | None = None
     _deltas_ready: bool = False
-    _sample_files: bool = False  # samples is a view over Parquet files (else an empty table)
+    _sample_files: list[str] = field(default_factory=list)  # samples is a view over these (else an empty table)
+    _samples_one_layout: bool = True
     # SQL for the ns to add to a row's own-clock timestamp to put it on rank 0's clock (for queries
     # over raw_collectives that need only some timestamps moved).
     shift_sql: str = "0"
@@ -139,15 +159,7 @@ class Run:
             self.con.executemany("INSERT INTO group_members VALUES (?, ?)", sorted(members))
         for pg, rank in members:
             self._members.setdefault(pg, set()).add(rank)
-        files = ", ".join(_sql_string(p) for p in self.segments)
-        # hive_partitioning off: the rank=NNNNN folders must not replace the files' own (integer) rank.
-        # union_by_name (segments written by different recorder versions) makes DuckDB read every
-        # footer again each time a query is planned: only when the segments' columns differ.
-        union = "false" if self._one_layout else "true"
-        self.con.execute(
-            f"CREATE VIEW raw_collectives AS SELECT * FROM read_parquet([{files}], union_by_name = {union}, "
-            "hive_partitioning = false)"
-        )
+        self._parquet_view("raw_collectives", self.segments, self._one_layout)
         self._create_sample_views()
         self._create_probe_view()
         # One timeline: a rank's timestamps plus its measured offset to rank 0's clock. The offsets
@@ -180,18 +192,11 @@ class Run:
             else:
                 self.problems.append(f"{os.path.relpath(path, self.path)}: skipped ({reason})")
         if files:
-            listed = ", ".join(_sql_string(p) for p in files)
-            union = "false" if len(layouts) == 1 else "true"
-            self._sample_files = True
-            self.con.execute(
-                f"CREATE VIEW samples AS SELECT * FROM read_parquet([{listed}], union_by_name = {union}, "
-                "hive_partitioning = false)"
-            )
+            self._sample_files = files
+            self._samples_one_layout = len(layouts) == 1
+            self._parquet_view("samples", files, self._samples_one_layout)
         else:
-            self.con.execute(
-                "CREATE TABLE samples (t_ns BIGINT, host VARCHAR, source VARCHAR, device VARCHAR, port INTEGER, "
-                "counter VARCHAR, value BIGINT, text VARCHAR)"
-            )
+            self.con.execute(f"CREATE VIEW samples AS {_NO_SAMPLES}")
         self.con.execute("""
             CREATE VIEW counter_deltas AS
             WITH ordered AS (
@@ -265,8 +270,12 @@ class Run:
         """
         if self._instances_ready:
             return
+        self._guarded(lambda: self._create_instances())
+        self._instances_ready = True
+
+    def _create_instances(self) -> None:
         self.con.execute(f"""
-            CREATE TEMP TABLE instances AS
+            CREATE OR REPLACE TEMP TABLE instances AS
             SELECT pg, seq, hash(pg, seq) AS key, any_value(op) AS op, any_value(pg_size) AS pg_size, count(*) AS ranks,
                    count(*) FILTER (WHERE ok_end) AS done_ranks,
                    count(t_end_ns) = count(*) AS complete, count(*) FILTER (WHERE status = 'ok') = count(*) AS ok,
@@ -282,7 +291,6 @@ class Run:
             )
             GROUP BY pg, seq
         """)
-        self._instances_ready = True
 
     def settled(self) -> bool:
         """Whether the segments' footers prove that no group has a hang or a desync, without reading an event.
@@ -343,7 +351,9 @@ class Run:
         if self._deltas_ready:
             return
         if self._sample_files:
-            self.con.execute("CREATE TEMP TABLE samples_rows AS SELECT * FROM samples")
+            self._guarded(
+                lambda: self.con.execute("CREATE OR REPLACE TEMP TABLE samples_rows AS SELECT * FROM samples")
+            )
             self.con.execute("CREATE OR REPLACE VIEW samples AS SELECT * FROM samples_rows")
         self.con.execute("CREATE TEMP TABLE counter_deltas_rows AS SELECT * FROM counter_deltas")
         self.con.execute("CREATE OR REPLACE VIEW counter_deltas AS SELECT * FROM counter_deltas_rows")
@@ -351,7 +361,112 @@ class Run:
 
     def sql(self, query: str, params: list | None = None):
         """Run a query over the views; returns a polars DataFrame."""
-        return self.con.sql(query, params=params).pl() if params else self.con.sql(query).pl()
+        return self._guarded(lambda: self.con.sql(query, params=params).pl() if params else self.con.sql(query).pl())
+
+    def _parquet_view(self, name: str, files: list[str], one_layout: bool) -> None:
+        """(Re)point view ``name`` at ``files``.
+
+        hive_partitioning off: the rank=NNNNN folders must not replace the files' own (integer)
+        rank. union_by_name (files written by different recorder versions) makes DuckDB read every
+        footer again each time a query is planned: only when the files' columns differ.
+        """
+        listed = ", ".join(_sql_string(p) for p in files)
+        self.con.execute(
+            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listed}], "
+            f"union_by_name = {'false' if one_layout else 'true'}, hive_partitioning = false)"
+        )
+
+    def _guarded(self, action):
+        """``action()``; if it fails on a file whose footer was fine but whose data is not (a page cut
+        or overwritten), that file is dropped from the views, listed in ``problems``, and the action
+        runs again over the rest."""
+        while True:
+            try:
+                return action()
+            except duckdb.Error as exc:
+                named = re.search(r'Failed to read file "([^"]+)"', str(exc))
+                why = str(exc).splitlines()[0][:200]
+                if named and self._drop([(named.group(1), why)]):
+                    continue  # the file DuckDB named is gone from the views: again, without it
+                if self._drop_unreadable():
+                    continue
+                culprit = self._bisect(action)
+                if culprit is None or not self._drop([(culprit, why)]):
+                    raise
+
+    def _bisect(self, action) -> str | None:
+        """The collective segment that makes ``action`` fail, found by halving the segments the views
+        read (an error that names no file and a file that reads whole on its own: a page only some
+        queries decode); None if no single segment is to blame."""
+        segments = list(self.segments)
+
+        def fails(subset: list[str]) -> bool:
+            self._parquet_view("raw_collectives", subset, self._one_layout)
+            try:
+                action()
+            except duckdb.Error:
+                return True
+            return False
+
+        try:
+            while len(segments) > 1:
+                half = len(segments) // 2
+                if fails(segments[:half]):
+                    segments = segments[:half]
+                elif fails(segments[half:]):
+                    segments = segments[half:]
+                else:
+                    return None
+            return segments[0] if fails(segments) else None
+        finally:
+            self._parquet_view("raw_collectives", self.segments, self._one_layout)
+
+    def _drop(self, bad: list[tuple[str, str]]) -> bool:
+        """Take these (path, why) segments out of the views and list them in ``problems``; True if any
+        was still in a view."""
+        bad_segments = [(p, why) for p, why in bad if p in self.segments]
+        bad_samples = [(p, why) for p, why in bad if p in self._sample_files and not self._deltas_ready]
+        for path, why in bad_segments + bad_samples:
+            self.problems.append(f"{os.path.relpath(path, self.path)}: skipped (unreadable data: {why})")
+        if bad_segments:
+            gone = {p for p, _ in bad_segments}
+            self.segments = [p for p in self.segments if p not in gone]
+            if not self.segments:
+                raise TraceError(f"{self.path}: no readable collective segments ({self.problems[-1]})")
+            self._parquet_view("raw_collectives", self.segments, self._one_layout)
+        if bad_samples:
+            gone = {p for p, _ in bad_samples}
+            self._sample_files = [p for p in self._sample_files if p not in gone]
+            if self._sample_files:
+                self._parquet_view("samples", self._sample_files, self._samples_one_layout)
+            else:
+                self.con.execute(f"CREATE OR REPLACE VIEW samples AS {_NO_SAMPLES}")
+        return bool(bad_segments or bad_samples)
+
+    def _drop_unreadable(self) -> bool:
+        """Read every collective and sample segment whole; drop those that fail. True if any did.
+        (For errors that do not name their file.)"""
+
+        def unreadable(paths: list[str]) -> list[tuple[str, str]]:
+            # Read both through the run's connection and through one of its own: the run's caches
+            # footers, and a damaged file can read differently with and without its cached footer.
+            fresh = duckdb.connect()
+            bad = []
+            try:
+                for path in paths:
+                    for con in (self.con, fresh):
+                        try:  # every column of every row: COLUMNS(*) makes DuckDB decode them all
+                            con.execute("SELECT min(hash(COLUMNS(*))) FROM read_parquet(?)", [path]).fetchall()
+                        except duckdb.Error as exc:
+                            bad.append((path, str(exc).splitlines()[0][:160]))
+                            break
+            finally:
+                fresh.close()
+            return bad
+
+        return self._drop(
+            unreadable(self.segments) + (unreadable(self._sample_files) if not self._deltas_ready else [])
+        )
 
 
 def _sql_string(text: str) -> str:
@@ -370,21 +485,21 @@ def _read_json(path: str, problems: list[str]):
         return None
 
 
-def _inspect_segment(path: str, required: set[str] = REQUIRED_COLUMNS) -> tuple[str | None, tuple, dict]:
+def _inspect_segment(path: str, required: dict[str, str] = REQUIRED_COLUMNS) -> tuple[str | None, tuple, dict]:
     """(why the segment cannot be used, or None; its column names and types; its commtrace.* metadata)."""
     try:
         meta = pq.read_metadata(path)
     except Exception as exc:
         return f"not a readable Parquet file: {exc.__class__.__name__}", (), {}
     kv = {k.decode(errors="replace"): v for k, v in (meta.metadata or {}).items() if k.startswith(b"commtrace.")}
-    reason = _verdict(kv.get("commtrace.schema_version"), set(meta.schema.names), required)
+    reason = _verdict(kv.get("commtrace.schema_version"), {c.name: c.physical_type for c in meta.schema}, required)
     if reason is not None:
         return reason, (), {}
     return None, tuple((c.name, c.physical_type) for c in meta.schema), kv
 
 
 def _inspect_segments(
-    paths: list[str], required: set[str] = REQUIRED_COLUMNS, con: duckdb.DuckDBPyConnection | None = None
+    paths: list[str], required: dict[str, str] = REQUIRED_COLUMNS, con: duckdb.DuckDBPyConnection | None = None
 ) -> list[tuple[str | None, tuple, dict]]:
     """``_inspect_segment`` for many files at once: DuckDB reads every footer in one parallel call
     (a run of thousands of segments in a few tens of ms), on ``con`` if given (whose metadata cache
@@ -418,13 +533,14 @@ def _inspect_segments(
     for path in paths:
         layout = tuple(columns.get(path, ()))
         kv = footers.get(path, {})
-        reason = _verdict(kv.get("commtrace.schema_version"), {c for c, _ in layout}, required)
+        reason = _verdict(kv.get("commtrace.schema_version"), dict(layout), required)
         out.append((reason, layout, kv) if reason is None else (reason, (), {}))
     return out
 
 
-def _verdict(version: bytes | None, names: set[str], required: set[str]) -> str | None:
-    """Why a segment with this schema-version metadata and these columns cannot be used, or None."""
+def _verdict(version: bytes | None, columns: dict[str, str], required: dict[str, str]) -> str | None:
+    """Why a segment with this schema-version metadata and these columns (name: physical type)
+    cannot be used, or None."""
     if version is None:
         return "not written by the commtrace recorder"
     try:
@@ -432,7 +548,10 @@ def _verdict(version: bytes | None, names: set[str], required: set[str]) -> str 
             return f"schema version {int(version)} is newer than this analysis ({SCHEMA_VERSION}); upgrade commtrace"
     except ValueError:
         return "unreadable schema version"
-    missing = required - names
+    missing = required.keys() - columns.keys()
     if missing:
         return f"missing columns {sorted(missing)}"
+    wrong = sorted(name for name, kind in required.items() if columns[name] != kind)
+    if wrong:
+        return f"columns of the wrong type: {', '.join(f'{n} ({columns[n]}, not {required[n]})' for n in wrong)}"
     return None
