@@ -21,6 +21,10 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from footprint import trace_footprint  # noqa: E402
+
 
 def worker(steps: int, warmup: int, out: str) -> None:
     import torch
@@ -77,19 +81,6 @@ def _job(record: bool, steps: int, warmup: int, tmp: str, k: int) -> float:
         return json.load(fh)["seconds"] / steps
 
 
-def _events(tmp: str) -> tuple[int, int]:
-    """(events, bytes) of every collectives segment the recorded runs wrote."""
-    import pyarrow.parquet as pq
-
-    total = size = 0
-    for root, _, files in os.walk(tmp):
-        for name in files:
-            if name.startswith("collectives-") and name.endswith(".parquet"):
-                total += pq.read_metadata(os.path.join(root, name)).num_rows
-                size += os.path.getsize(os.path.join(root, name))
-    return total, size
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=6)
@@ -113,7 +104,7 @@ def main() -> None:
             off.append(times[False])
             on.append(times[True])
             slowdown.append((times[True] - times[False]) / times[False] * 100)
-        events, size = _events(tmp)
+        events, size = trace_footprint(tmp)
     runs = args.pairs
     print(
         json.dumps(

@@ -20,6 +20,10 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from footprint import trace_footprint  # noqa: E402
+
 
 def _status(field: str) -> int:
     """A /proc/self/status figure in bytes (VmRSS, VmHWM, RssAnon, RssFile)."""
@@ -78,15 +82,7 @@ def child(calls: int, record: bool, trace_dir: str) -> dict:
         session = _state.session
         dropped = session.dropped
         recorder.disable()  # flushes what is buffered
-        rows = bytes_written = 0
-        for root, _, files in os.walk(trace_dir):
-            for name in files:
-                if name.startswith("collectives-") and name.endswith(".parquet"):
-                    import pyarrow.parquet as pq
-
-                    path = os.path.join(root, name)
-                    rows += pq.read_metadata(path).num_rows
-                    bytes_written += os.path.getsize(path)
+        rows, bytes_written = trace_footprint(trace_dir)
     samples.append((calls, _status("RssAnon")))
     anon_peak = peak.stop()
     dist.destroy_process_group()
@@ -120,7 +116,7 @@ def main() -> None:
                 raise SystemExit(f"the {mode} run failed:\n{proc.stderr[-3000:]}")
             results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     on, off = results["on"], results["off"]
-    after_warmup = [rss for i, rss in on["samples"] if i >= 100_000]
+    after_warmup = [rss for i, rss in on["samples"] if i >= 100_000] or [rss for _, rss in on["samples"]]
     mib = 1 << 20
     print(
         json.dumps(

@@ -24,6 +24,9 @@ from importlib import metadata
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from footprint import trace_footprint  # noqa: E402
 
 
 def _run(command: list[str], timeout: float = 3600) -> list[dict]:
@@ -35,19 +38,6 @@ def _run(command: list[str], timeout: float = 3600) -> list[dict]:
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     print(f"  {' '.join(command[1:])}: {time.monotonic() - started:.0f} s", file=sys.stderr)
     return rows
-
-
-def _bytes_per_event(run_dir: str) -> tuple[int, int]:
-    import pyarrow.parquet as pq
-
-    rows = size = 0
-    for root, _, files in os.walk(run_dir):
-        for name in files:
-            if name.startswith("collectives-") and name.endswith(".parquet"):
-                path = os.path.join(root, name)
-                rows += pq.read_metadata(path).num_rows
-                size += os.path.getsize(path)
-    return size, rows
 
 
 def _machine() -> list[tuple[str, str]]:
@@ -153,7 +143,7 @@ def main() -> None:
         figure = f"{r['speedup_median']}x (pandas {_spread(*walls, ' s')}, {p['peak_rss_mib']} MiB)"
         met = r["speedup_median"] >= 10
         add("the same findings in straightforward pandas, side by side", command, figure, ">= 10x", met)
-        size, count = _bytes_per_event(scale_run)
+        count, size = trace_footprint(scale_run)
         what = "bytes on disk per event: that synthetic run (varied sizes, simulated timings)"
         add(what, None, f"{size / count:.1f} B", "<= 16 B", size / count <= 16)
     if want("out_of_core"):
