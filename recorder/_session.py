@@ -458,7 +458,9 @@ class Session:
     def _fail(self, where: str, exc: BaseException) -> None:
         """Our own failure: say it once, stop recording, leave training alone."""
         self.failed = True
-        warn_once(f"fail:{where}", "recording stopped (%s failed: %r); training continues unaffected", where, exc)
+        # One line for whatever fails first: after it the recorder is out of the way, and nothing
+        # else of ours has anything left to say.
+        warn_once("fail", "recording stopped (%s failed: %r); training continues unaffected", where, exc)
         if _state.session is self:
             _state.session = None
         self.buffer.clear()

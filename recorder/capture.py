@@ -205,8 +205,8 @@ def _record(pg, fn, op, args, kwargs, n_in, n_out, tensor, peer, root, opts):
             s.dropped += 1
             rid = None
         twin = pg._ct_shadow or _twin(pg)
-    except Exception as exc:  # our bookkeeping failed: run the call unrecorded
-        warn_once("capture:record", "could not record an operation (%r); it ran unrecorded", exc)
+    except Exception as exc:  # our bookkeeping failed: step aside, and run this call unrecorded
+        _step_aside("capture", exc)
         return fn(pg._ct_shadow or _twin(pg), *args, **kwargs)
     try:
         work = fn(twin, *args, **kwargs)
@@ -269,8 +269,8 @@ def _record_p2p(pg, fn, op, args, kwargs, tensors, peer):
         else:
             s.dropped += 1
             rid = None
-    except Exception as exc:  # our bookkeeping failed: run the call unrecorded
-        warn_once("capture:record", "could not record an operation (%r); it ran unrecorded", exc)
+    except Exception as exc:  # our bookkeeping failed: step aside, and run this call unrecorded
+        _step_aside("capture", exc)
         return fn(pg._ct_shadow or _twin(pg), *args, **kwargs)
     try:
         work = fn(pg._ct_shadow or _twin(pg), *args, **kwargs)
@@ -347,6 +347,16 @@ def _end(s, rid: int, work, device) -> None:
                 fut.add_done_callback(functools.partial(_complete, s, rid))
     except Exception as exc:  # our bookkeeping only; the work itself is the user's
         warn_once("capture:complete", "could not follow completion of an operation: %r", exc)
+
+
+def _step_aside(where: str, exc: BaseException) -> None:
+    """A failure of ours on the hot path: recording stops (one line), every later call passes straight
+    through; training never sees the exception."""
+    session = _state.session
+    if session is not None:
+        session._fail(where, exc)
+    else:
+        warn_once(f"fail:{where}", "recording stopped (%s failed: %r); training continues unaffected", where, exc)
 
 
 def _unparsed(method: str, exc: BaseException) -> None:

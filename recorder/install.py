@@ -90,7 +90,11 @@ def _wrap_helper(original):
                 store = result[1] if isinstance(result, tuple) else None
                 session.on_group_created(pg, store, ranks)
         except Exception as exc:
-            warn_once("install:on_group", "recording a new process group failed: %r", exc)
+            session = _state.session
+            if session is not None:
+                session._fail("setting up a new process group", exc)  # one line, and recording stops
+            else:
+                warn_once("install:on_group", "recording a new process group failed: %r", exc)
         return result
 
     return _new_process_group_helper

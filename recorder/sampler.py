@@ -175,6 +175,7 @@ class Sampler:
         # once so that a tick does no arithmetic per source.
         self._schedule: list[list] = [[]]
         self._stop = threading.Event()
+        self.failed = False  # the sampler thread hit an error of ours and stopped
         # Held for each tick and flush, so that sample_now() and close() can capture and write from
         # the caller's thread instead of waking the sampler and waiting for it.
         self._lock = threading.RLock()
@@ -227,6 +228,7 @@ class Sampler:
                     next_tick = now + self.period_s
                 time.sleep(max(0.0, next_tick - time.monotonic()))
         except Exception as exc:
+            self.failed = True  # steps aside: close() and sample_now() leave the sources alone
             warn_once("sampler", "network counters are not recorded (the sampler failed: %r)", exc)
         finally:
             self._cpu_final = time.thread_time()
@@ -257,7 +259,7 @@ class Sampler:
         Called before the process groups are destroyed, so that the job's connections are still there
         to be read one last time.
         """
-        if not self.elected or not self._lock.acquire(timeout=timeout_s):
+        if not self.elected or self.failed or not self._lock.acquire(timeout=timeout_s):
             return
         try:
             if not self._stop.is_set() and self.sources:
@@ -308,7 +310,7 @@ class Sampler:
             self._thread.join(timeout_s)  # waiting to be elected, in select() on the pipe: woken above
         locked = self._lock.acquire(timeout=timeout_s)  # a tick or flush in progress ends first
         try:
-            if self.elected and locked:
+            if self.elected and locked and not self.failed:
                 self._tick(None)  # a last sample at the very end
                 self.flush()
         finally:
