@@ -67,6 +67,7 @@ class Run:
     _deltas_ready: bool = False
     _sample_files: list[str] = field(default_factory=list)  # samples is a view over these (else an empty table)
     _samples_one_layout: bool = True
+    _snapshots: list[str] = field(default_factory=list)  # inflight-*.parquet: what was in flight at a dump
     # SQL for the ns to add to a row's own-clock timestamp to put it on rank 0's clock (for queries
     # over raw_collectives that need only some timestamps moved).
     shift_sql: str = "0"
@@ -159,7 +160,8 @@ class Run:
             self.con.executemany("INSERT INTO group_members VALUES (?, ?)", sorted(members))
         for pg, rank in members:
             self._members.setdefault(pg, set()).add(rank)
-        self._parquet_view("raw_collectives", self.segments, self._one_layout)
+        self._parquet_view("raw_segments", self.segments, self._one_layout)
+        self._create_collectives_view()
         self._create_sample_views()
         self._create_probe_view()
         # One timeline: a rank's timestamps plus its measured offset to rank 0's clock. The offsets
@@ -174,6 +176,37 @@ class Run:
             SELECT * REPLACE (t_start_ns + {self.shift_sql} AS t_start_ns, t_end_ns + {self.shift_sql} AS t_end_ns),
                    (t_end_ns - t_start_ns) / 1e6 AS duration_ms
             FROM raw_collectives
+        """)
+
+    def _create_collectives_view(self) -> None:
+        """``raw_collectives``: every segment's rows, and from the in-flight snapshots (a hang dump,
+        SIGUSR1, SIGTERM) each operation no segment holds: one still in flight when the rank died
+        or was killed. An operation that completed after a snapshot is in a segment, completed."""
+        found = sorted(glob.glob(os.path.join(self.path, "rank=*", "inflight-*.parquet")))
+        snapshots = []
+        for path, (reason, _, _) in zip(found, _inspect_segments(found, REQUIRED_COLUMNS, self.con), strict=True):
+            if reason is None:
+                snapshots.append(path)
+            else:
+                self.problems.append(f"{os.path.relpath(path, self.path)}: skipped ({reason})")
+        self._snapshots = snapshots
+        if not snapshots:
+            self.con.execute("CREATE OR REPLACE VIEW raw_collectives AS SELECT * FROM raw_segments")
+            return
+        self._parquet_view("raw_snapshots", snapshots, False)
+        self.con.execute("""
+            CREATE OR REPLACE VIEW raw_collectives AS
+            SELECT * FROM raw_segments
+            UNION ALL BY NAME
+            SELECT * FROM (
+                SELECT DISTINCT ON (rank, pg, op, seq, peer) * FROM raw_snapshots
+                ORDER BY rank, pg, op, seq, peer, t_start_ns
+            ) s
+            WHERE NOT EXISTS (
+                SELECT 1 FROM raw_segments g
+                WHERE g.rank = s.rank AND g.pg = s.pg AND g.op = s.op AND g.seq = s.seq
+                  AND g.peer IS NOT DISTINCT FROM s.peer
+            )
         """)
 
     def _create_sample_views(self) -> None:
@@ -309,6 +342,8 @@ class Run:
         return self._settled
 
     def _check_settled(self) -> bool:
+        if self._snapshots:  # operations were in flight at a snapshot: compare the events
+            return False
         totals: dict[tuple[int, str], list[int]] = {}
         try:
             for segment in self.segments:
@@ -401,7 +436,7 @@ class Run:
         segments = list(self.segments)
 
         def fails(subset: list[str]) -> bool:
-            self._parquet_view("raw_collectives", subset, self._one_layout)
+            self._parquet_view("raw_segments", subset, self._one_layout)
             try:
                 action()
             except duckdb.Error:
@@ -419,7 +454,7 @@ class Run:
                     return None
             return segments[0] if fails(segments) else None
         finally:
-            self._parquet_view("raw_collectives", self.segments, self._one_layout)
+            self._parquet_view("raw_segments", self.segments, self._one_layout)
 
     def _drop(self, bad: list[tuple[str, str]]) -> bool:
         """Take these (path, why) segments out of the views and list them in ``problems``; True if any
@@ -433,7 +468,7 @@ class Run:
             self.segments = [p for p in self.segments if p not in gone]
             if not self.segments:
                 raise TraceError(f"{self.path}: no readable collective segments ({self.problems[-1]})")
-            self._parquet_view("raw_collectives", self.segments, self._one_layout)
+            self._parquet_view("raw_segments", self.segments, self._one_layout)
         if bad_samples:
             gone = {p for p, _ in bad_samples}
             self._sample_files = [p for p in self._sample_files if p not in gone]

@@ -25,9 +25,17 @@ import pyarrow as pa
 
 from recorder import _state, clock
 from recorder import capture as C
-from recorder._log import warn_once
+from recorder._log import info, warn_once
 from recorder.config import Config, from_env
-from recorder.schema import PROBE_PREFIX, PROBE_SCHEMA, RANK_META_PREFIX, RUN_META, SCHEMA_VERSION, safe_name
+from recorder.schema import (
+    INFLIGHT_PREFIX,
+    PROBE_PREFIX,
+    PROBE_SCHEMA,
+    RANK_META_PREFIX,
+    RUN_META,
+    SCHEMA_VERSION,
+    safe_name,
+)
 from recorder.writer import SegmentWriter, build_segment, wall_minus_mono
 
 ENV_PREFIXES = ("TORCH_", "NCCL_", "COMMTRACE_", "GLOO_", "TORCHELASTIC_", "MASTER_", "OMP_", "CUDA_")
@@ -132,6 +140,10 @@ class Session:
         self._default_twin = None  # the default group's plain twin, kept for the link probe
         self._probe_rows: list[dict] = []
         self.sampler = None
+        self._completions = 0  # completions the writer has taken from `done` (the watchdog's progress)
+        self._completions_seen = 0
+        self._stalled_since: float | None = None
+        self._dumped = False
         # Started with the run (start()): a process that never makes a process group (torchrun's
         # agent, a data-prep script) runs no thread of ours.
         self._thread = threading.Thread(target=self._run, name="commtrace-writer", daemon=True)
@@ -382,6 +394,47 @@ class Session:
             if time.monotonic() >= next_flush or len(self.buffer) >= self.config.flush_events:
                 self.flush()
                 next_flush = time.monotonic() + flush_s
+                self._watchdog()
+
+    def _watchdog(self) -> None:
+        """After COMMTRACE_HANG_DUMP_S without a completion while operations are in flight, write a
+        snapshot of them (once per stall: the next needs a completion in between)."""
+        limit = self.config.hang_dump_s
+        if limit <= 0 or not self.inflight:
+            self._stalled_since = None
+            return
+        completed = self._completions
+        if completed != self._completions_seen:
+            self._completions_seen, self._stalled_since, self._dumped = completed, time.monotonic(), False
+            return
+        if self._stalled_since is None:
+            self._stalled_since = time.monotonic()
+        elif not self._dumped and time.monotonic() - self._stalled_since >= limit:
+            self._dumped = True
+            self.dump(f"no operation completed for {limit:.0f} s")
+
+    def dump(self, reason: str) -> None:
+        """Write what is finished as usual, and what is in flight now to an ``inflight-*`` snapshot.
+
+        The in-flight operations stay in flight for the recorder: if they complete they are written
+        again, completed, and the analysis prefers that row to the snapshot's. Safe from any thread
+        (the writer's lock); never raises.
+        """
+        if self.failed or self.closed or self.writer is None:
+            return
+        try:
+            with self._lock:
+                self.flush()
+                if not self.inflight:
+                    return
+                table, _ = build_segment(
+                    list(self.inflight), [], C.GROUPS, self.rank, wall_minus_mono(), self._dtype_cache, None
+                )
+                if table is not None:
+                    self.writer.write(table, INFLIGHT_PREFIX)
+                    info("wrote %d operations in flight (%s)", table.num_rows, reason)
+        except Exception as exc:
+            self._fail("hang snapshot", exc)
 
     def _poll_works(self) -> bool:
         """Complete the polled works that are done; True if any was."""
@@ -428,6 +481,7 @@ class Session:
                     self.writer.write(pa.Table.from_pylist(rows, schema=PROBE_SCHEMA), PROBE_PREFIX)
                 # Completions first: every completion drained has its issue already in the buffer.
                 dones = _drain(self.done)
+                self._completions += len(dones)
                 issues = self.inflight + _drain(self.buffer)
                 if not issues:
                     return
@@ -562,6 +616,7 @@ def _at_exit() -> None:
 
 
 def _on_sigterm(signum, frame) -> None:
+    _sigterm_seen.set()
     try:
         _at_exit()
     finally:
@@ -574,8 +629,86 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def _after_fork_in_child() -> None:
-    # A forked child (a DataLoader worker) never writes into its parent's files.
+    # A forked child (a DataLoader worker) never writes into its parent's files, nor signals into
+    # its parent's signal pipe.
     _state.session = None
+    if _signal_pipe is not None:
+        try:
+            signal.set_wakeup_fd(-1)
+        except (ValueError, OSError):
+            pass
+
+
+_signal_pipe: tuple[int, int] | None = None
+_sigterm_seen = threading.Event()
+
+
+def _on_sigusr1(signum, frame) -> None:
+    # Where the signal pipe is watched, the watcher has written the snapshot already (and could,
+    # even while this thread was blocked inside a collective).
+    if _signal_pipe is None and _state.session is not None:
+        _state.session.dump("SIGUSR1")
+
+
+def _watch_signals(read_fd: int) -> None:
+    """Python runs signal handlers in the main thread only, and only between bytecodes: a rank
+    blocked inside a collective would run none until the collective returns, which in a hang is
+    never. The interpreter's C handler still writes each signal's number to the wakeup fd at once;
+    this thread reads it and writes the in-flight snapshot itself."""
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        for signum in data:
+            session = _state.session
+            if signum == signal.SIGUSR1 and session is not None:
+                session.dump("SIGUSR1")
+            elif signum == signal.SIGTERM:
+                if session is not None:
+                    session.dump("SIGTERM")
+                # Blocked inside a collective, the main thread cannot run our handler, which dies
+                # the default way after the final flush: die that way from here instead, after a
+                # moment for it to run if it can.
+                if not _sigterm_seen.wait(2.0) and _previous_sigterm in (signal.SIG_DFL, None):
+                    _die_by_sigterm()
+
+
+def _die_by_sigterm() -> None:
+    """End the process as an unhandled SIGTERM would, from a thread that is not the main one (which
+    Python's signal.signal refuses): the C library's signal() puts the default action back."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal(signal.SIGTERM, None)  # SIG_DFL
+        os.kill(os.getpid(), signal.SIGTERM)
+    except Exception:
+        pass
+    os._exit(128 + signal.SIGTERM)  # where that failed: the exit status a shell gives a SIGTERM
+
+
+def _install_signal_watch() -> None:
+    """SIGUSR1 (if nobody handles it) writes the in-flight snapshot; the wakeup fd lets a thread of
+    ours see SIGUSR1 and SIGTERM while the main thread is blocked. Left alone where the process
+    already uses a wakeup fd (asyncio, another tool)."""
+    global _signal_pipe
+    if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGUSR1, _on_sigusr1)
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    if previous != -1:
+        signal.set_wakeup_fd(previous)
+        os.close(read_fd)
+        os.close(write_fd)
+        return
+    _signal_pipe = (read_fd, write_fd)
+    threading.Thread(target=_watch_signals, args=(read_fd,), name="commtrace-signals", daemon=True).start()
 
 
 def _install_process_hooks() -> None:
@@ -591,6 +724,7 @@ def _install_process_hooks() -> None:
             if current in (signal.SIG_DFL, None) or callable(current):
                 _previous_sigterm = current
                 signal.signal(signal.SIGTERM, _on_sigterm)
+            _install_signal_watch()
     except Exception:
         pass
 

@@ -26,6 +26,12 @@ COMMTRACE_MAX_BUFFERED = "COMMTRACE_MAX_BUFFERED"
 COMMTRACE_PENDING_S = "COMMTRACE_PENDING_S"
 """An operation not completed after this many seconds is written as in flight (default 600)."""
 
+COMMTRACE_HANG_DUMP_S = "COMMTRACE_HANG_DUMP_S"
+"""When no operation has completed for this many seconds while some are in flight, write what is in
+flight to an ``inflight-*`` snapshot (default 60; 0 turns the watchdog off). SIGUSR1 writes one at
+once, and so does SIGTERM, even while training is blocked inside a collective; the operations stay
+in flight for the recorder, and are written again as completed if they complete."""
+
 COMMTRACE_RUN_ID = "COMMTRACE_RUN_ID"
 """Name of the run directory; by default rank 0 chooses one and shares it through the job's store."""
 
@@ -75,6 +81,7 @@ ALL_VARIABLES = (
     COMMTRACE_FLUSH_EVENTS,
     COMMTRACE_MAX_BUFFERED,
     COMMTRACE_PENDING_S,
+    COMMTRACE_HANG_DUMP_S,
     COMMTRACE_RUN_ID,
     COMMTRACE_CLOCK_SYNC,
     COMMTRACE_CLOCK_ROUNDS,
@@ -97,6 +104,7 @@ class Config:
     flush_events: int = 16384
     max_buffered: int = 65536
     pending_s: float = 600.0
+    hang_dump_s: float = 60.0
     run_id: str | None = None
     clock_sync: bool = True
     clock_rounds: int = 5
@@ -118,6 +126,7 @@ class Config:
             "flush_events": self.flush_events,
             "max_buffered": self.max_buffered,
             "pending_s": self.pending_s,
+            "hang_dump_s": self.hang_dump_s,
             "run_id": self.run_id,
             "clock_sync": self.clock_sync,
             "clock_rounds": self.clock_rounds,
@@ -176,6 +185,7 @@ def from_env(env: dict[str, str] | None = None, **overrides: object) -> Config:
         "flush_events": _number(env, COMMTRACE_FLUSH_EVENTS, 16384, int, 1),
         "max_buffered": _number(env, COMMTRACE_MAX_BUFFERED, 65536, int, 16),
         "pending_s": _number(env, COMMTRACE_PENDING_S, 600.0, float, 0.1),
+        "hang_dump_s": _number(env, COMMTRACE_HANG_DUMP_S, 60.0, float, 0.0),
         "run_id": env.get(COMMTRACE_RUN_ID) or None,
         "clock_sync": _flag(env, COMMTRACE_CLOCK_SYNC, True),
         "clock_rounds": _number(env, COMMTRACE_CLOCK_ROUNDS, 5, int, 1),

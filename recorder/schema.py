@@ -17,6 +17,7 @@ def safe_name(text: str, limit: int = 64) -> str:
 
 
 COLLECTIVES_PREFIX = "collectives"
+INFLIGHT_PREFIX = "inflight"  # snapshots of the operations in flight (a hang, SIGUSR1, SIGTERM)
 RANK_META_PREFIX = "rank"
 RUN_META = "run.json"
 
