@@ -178,17 +178,24 @@ class Run:
             FROM raw_collectives
         """)
 
+    def _usable(self, pattern: str, required: dict[str, str]) -> tuple[list[str], set[tuple]]:
+        """The files under the run matching ``pattern`` that can be read (the rest listed in
+        ``problems``), and their distinct column layouts."""
+        found = sorted(glob.glob(os.path.join(self.path, pattern)))
+        files, layouts = [], set()
+        for path, (reason, layout, _) in zip(found, _inspect_segments(found, required, self.con), strict=True):
+            if reason is None:
+                files.append(path)
+                layouts.add(layout)
+            else:
+                self.problems.append(f"{os.path.relpath(path, self.path)}: skipped ({reason})")
+        return files, layouts
+
     def _create_collectives_view(self) -> None:
         """``raw_collectives``: every segment's rows, and from the in-flight snapshots (a hang dump,
         SIGUSR1, SIGTERM) each operation no segment holds: one still in flight when the rank died
         or was killed. An operation that completed after a snapshot is in a segment, completed."""
-        found = sorted(glob.glob(os.path.join(self.path, "rank=*", "inflight-*.parquet")))
-        snapshots = []
-        for path, (reason, _, _) in zip(found, _inspect_segments(found, REQUIRED_COLUMNS, self.con), strict=True):
-            if reason is None:
-                snapshots.append(path)
-            else:
-                self.problems.append(f"{os.path.relpath(path, self.path)}: skipped ({reason})")
+        snapshots, _ = self._usable("rank=*/inflight-*.parquet", REQUIRED_COLUMNS)
         self._snapshots = snapshots
         if not snapshots:
             self.con.execute("CREATE OR REPLACE VIEW raw_collectives AS SELECT * FROM raw_segments")
@@ -216,14 +223,7 @@ class Run:
         other decrease a reset (the delta is the new value). ``port_xmit_data``/``port_rcv_data``
         count 4-byte words; ``bytes`` holds the delta in bytes where the counter counts bytes.
         """
-        files, layouts = [], set()
-        found = sorted(glob.glob(os.path.join(self.path, "host=*", "nic-*.parquet")))
-        for path, (reason, layout, _) in zip(found, _inspect_segments(found, SAMPLE_COLUMNS, self.con), strict=True):
-            if reason is None:
-                files.append(path)
-                layouts.add(layout)
-            else:
-                self.problems.append(f"{os.path.relpath(path, self.path)}: skipped ({reason})")
+        files, layouts = self._usable("host=*/nic-*.parquet", SAMPLE_COLUMNS)
         if files:
             self._sample_files = files
             self._samples_one_layout = len(layouts) == 1
@@ -258,13 +258,7 @@ class Run:
 
     def _create_probe_view(self) -> None:
         """``probe``: the link probe's rows (COMMTRACE_PROBE), one per (phase, round, probing rank)."""
-        found = sorted(glob.glob(os.path.join(self.path, "rank=*", "probe-*.parquet")))
-        files = []
-        for path, (reason, _, _) in zip(found, _inspect_segments(found, PROBE_COLUMNS, self.con), strict=True):
-            if reason is None:
-                files.append(path)
-            else:
-                self.problems.append(f"{os.path.relpath(path, self.path)}: skipped ({reason})")
+        files, _ = self._usable("rank=*/probe-*.parquet", PROBE_COLUMNS)
         if files:
             listed = ", ".join(_sql_string(p) for p in files)
             self.con.execute(

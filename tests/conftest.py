@@ -37,6 +37,13 @@ def run_job(args: list[str], env: dict[str, str], timeout: float = 240) -> subpr
     return proc
 
 
+def start_job(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """A job left running (for tests that signal or kill it); its stderr is kept for the failure message."""
+    return subprocess.Popen(
+        [sys.executable, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
 def torchrun(nproc: int, script: Path, *args: str) -> list[str]:
     """Arguments for ``python -m torch.distributed.run`` on this machine, on a free port."""
     return [

@@ -10,7 +10,7 @@ import time
 
 import pyarrow.parquet as pq
 
-from conftest import JOBS, clean_env, torchrun
+from conftest import JOBS, clean_env, start_job, torchrun
 
 FLUSH_S = 0.5
 
@@ -23,13 +23,7 @@ def test_kill_9_loses_at_most_one_flush_interval(tmp_path):
     traces, out = tmp_path / "traces", tmp_path / "out"
     out.mkdir()
     env = clean_env(COMMTRACE_DIR=str(traces), COMMTRACE_FLUSH_S=str(FLUSH_S), JOB_OUT=str(out))
-    job = subprocess.Popen(
-        [sys.executable, *torchrun(2, JOBS / "loop.py", "120")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    job = start_job(torchrun(2, JOBS / "loop.py", "120"), env)
     try:
         deadline = time.monotonic() + 90
         while len(_segments(traces, 1)) < 3 or not (out / "pid1").exists():

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.cli import main
-from conftest import JOBS, clean_env, run_dirs, torchrun
+from conftest import JOBS, clean_env, run_dirs, start_job, torchrun
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
@@ -46,13 +44,7 @@ def test_hang_is_written_out_and_named(tmp_path, capsys, trigger):
         COMMTRACE_FLUSH_S="0.2",
         COMMTRACE_HANG_DUMP_S="2" if trigger == "watchdog" else "0",
     )
-    job = subprocess.Popen(
-        [sys.executable, *torchrun(3, JOBS / "hang.py", "5")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    job = start_job(torchrun(3, JOBS / "hang.py", "5"), env)
     pids: dict[int, int] = {}
     try:
         _wait(lambda: all((out / f"pid{r}").exists() for r in range(3)), 90, "every rank to reach the hang")
