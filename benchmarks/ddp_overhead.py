@@ -1,6 +1,10 @@
 """A real gloo DDP training loop, 2 ranks, with recording on and off, paired: the slowdown users would see.
 
-Each run is a fresh ``torchrun`` job (2 ranks, one thread each) that trains a small MLP with
+With ``--in-process PAIRS``, one recorded job instead switches recording on and off between blocks
+of ``--steps`` steps (on/off, off/on, ...): the same processes, the same warm caches, so far less
+noise; what it cannot see is the cost of the recorder's threads, which are alive in both halves.
+
+Otherwise each run is a fresh ``torchrun`` job (2 ranks, one thread each) that trains a small MLP with
 DistributedDataParallel and times ``--steps`` steps after a warm-up, between barriers. Runs alternate
 off/on/on/off... so that drift in the machine's speed hits both sides alike; each adjacent off/on
 pair gives one slowdown figure. Prints one JSON line: step time with and without recording and the
@@ -26,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from footprint import trace_footprint  # noqa: E402
 
 
-def worker(steps: int, warmup: int, out: str) -> None:
+def worker(steps: int, warmup: int, out: str, blocks: int = 0) -> None:
     import torch
     import torch.distributed as dist
     from torch import nn
@@ -48,6 +52,27 @@ def worker(steps: int, warmup: int, out: str) -> None:
 
     for _ in range(warmup):
         step()
+    if blocks:  # in one recorded job: recording switched on and off between blocks of steps
+        from recorder import _state
+
+        session, pairs = _state.session, []
+        for pair in range(blocks):
+            times = {}
+            for on in (True, False) if pair % 2 == 0 else (False, True):
+                _state.session = session if on else None
+                dist.barrier()
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                dist.barrier()
+                times[on] = (time.perf_counter() - t0) / steps
+            pairs.append((times[False], times[True]))
+        _state.session = session
+        if rank == 0:
+            with open(out, "w") as fh:
+                json.dump({"pairs": pairs, "recording": session is not None}, fh)
+        dist.destroy_process_group()
+        return
     dist.barrier()
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -86,11 +111,55 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument(
+        "--in-process",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="instead: one recorded job, recording switched on and off between blocks of --steps steps",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.steps, args.warmup, args.out)
+        worker(args.steps, args.warmup, args.out, args.in_process)
+        return
+    if args.in_process:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "result.json")
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+            env["COMMTRACE_DIR"] = os.path.join(tmp, "traces")
+            command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+            command += [
+                "--master-port",
+                _free_port(),
+                os.path.abspath(__file__),
+                "--worker",
+                "--steps",
+                str(args.steps),
+            ]
+            command += ["--warmup", str(args.warmup), "--out", out, "--in-process", str(args.in_process)]
+            proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+            if proc.returncode != 0:
+                raise SystemExit(f"the training job failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+            with open(out) as fh:
+                result = json.load(fh)
+        assert result["recording"], "the job was not recorded"
+        slowdown = [(on - off) / off * 100 for off, on in result["pairs"]]
+        print(
+            json.dumps(
+                {
+                    "mode": "in_process",
+                    "step_ms_off_median": round(statistics.median(off for off, _ in result["pairs"]) * 1e3, 4),
+                    "step_ms_on_median": round(statistics.median(on for _, on in result["pairs"]) * 1e3, 4),
+                    "slowdown_pct_min": round(min(slowdown), 3),
+                    "slowdown_pct_median": round(statistics.median(slowdown), 3),
+                    "slowdown_pct_max": round(max(slowdown), 3),
+                    "pairs": args.in_process,
+                    "steps": args.steps,
+                }
+            )
+        )
         return
     with tempfile.TemporaryDirectory() as tmp:
         off, on, slowdown = [], [], []
