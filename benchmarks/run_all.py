@@ -110,6 +110,7 @@ def main() -> None:
         figure += f"; step {r['step_ms_off_median']} ms off, {r['step_ms_on_median']} ms on"
         met = r["slowdown_pct_median"] < 0.5
         add("gloo DDP training loop, 2 ranks, recording on vs off", command, figure, "< 0.5 %", met)
+        separate = command
         command = [py, "benchmarks/ddp_overhead.py", "--in-process", "8", "--steps", "500"]
         (p,) = raw["ddp_in_process"] = _run(command)
         figure = _spread(p["slowdown_pct_min"], p["slowdown_pct_median"], p["slowdown_pct_max"], " %")
@@ -118,7 +119,7 @@ def main() -> None:
         add(what, command, figure, "< 0.5 %", p["slowdown_pct_median"] < 0.5)
         per_event = r["bytes_per_event"]
         figure = f"{per_event} B ({r['steps']} steps, {r['events_per_step_per_rank']} events per step and rank)"
-        add("bytes on disk per event: those DDP runs", command, figure, "<= 16 B", per_event <= 16)
+        add("bytes on disk per event: those DDP runs", separate, figure, "<= 16 B", per_event <= 16)
     if want("sampler"):
         command = [py, "benchmarks/sampler_cost.py", "--seconds", "40"]
         (r,) = raw["sampler"] = _run(command)
