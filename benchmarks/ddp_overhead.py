@@ -91,19 +91,31 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def _job(record: bool, steps: int, warmup: int, tmp: str, k: int) -> float:
-    out = os.path.join(tmp, f"result-{k}.json")
+def _job(trace_dir: str | None, out: str, steps: int, warmup: int, *extra: str) -> dict:
+    """One 2-rank torchrun job of the worker (recorded into ``trace_dir`` if given); its result."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     env.pop("COMMTRACE_DIR", None)
-    if record:
-        env["COMMTRACE_DIR"] = os.path.join(tmp, f"traces-{k}")
+    if trace_dir is not None:
+        env["COMMTRACE_DIR"] = trace_dir
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port()]
     command += [os.path.abspath(__file__), "--worker", "--steps", str(steps), "--warmup", str(warmup), "--out", out]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([*command, *extra], env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise SystemExit(f"the training job failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     with open(out) as fh:
-        return json.load(fh)["seconds"] / steps
+        return json.load(fh)
+
+
+def _summary(pairs: list[tuple[float, float]]) -> dict:
+    """Step times (s) of (off, on) pairs: the medians in ms, and the slowdown in % per pair."""
+    slowdown = [(on - off) / off * 100 for off, on in pairs]
+    return {
+        "step_ms_off_median": round(statistics.median(off for off, _ in pairs) * 1e3, 4),
+        "step_ms_on_median": round(statistics.median(on for _, on in pairs) * 1e3, 4),
+        "slowdown_pct_min": round(min(slowdown), 3),
+        "slowdown_pct_median": round(statistics.median(slowdown), 3),
+        "slowdown_pct_max": round(max(slowdown), 3),
+    }
 
 
 def main() -> None:
@@ -124,72 +136,32 @@ def main() -> None:
     if args.worker:
         worker(args.steps, args.warmup, args.out, args.in_process)
         return
-    if args.in_process:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "result.json")
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-            env["COMMTRACE_DIR"] = os.path.join(tmp, "traces")
-            command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-            command += [
-                "--master-port",
-                _free_port(),
-                os.path.abspath(__file__),
-                "--worker",
-                "--steps",
-                str(args.steps),
-            ]
-            command += ["--warmup", str(args.warmup), "--out", out, "--in-process", str(args.in_process)]
-            proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
-            if proc.returncode != 0:
-                raise SystemExit(f"the training job failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-            with open(out) as fh:
-                result = json.load(fh)
-        assert result["recording"], "the job was not recorded"
-        slowdown = [(on - off) / off * 100 for off, on in result["pairs"]]
-        print(
-            json.dumps(
-                {
-                    "mode": "in_process",
-                    "step_ms_off_median": round(statistics.median(off for off, _ in result["pairs"]) * 1e3, 4),
-                    "step_ms_on_median": round(statistics.median(on for _, on in result["pairs"]) * 1e3, 4),
-                    "slowdown_pct_min": round(min(slowdown), 3),
-                    "slowdown_pct_median": round(statistics.median(slowdown), 3),
-                    "slowdown_pct_max": round(max(slowdown), 3),
-                    "pairs": args.in_process,
-                    "steps": args.steps,
-                }
-            )
-        )
-        return
     with tempfile.TemporaryDirectory() as tmp:
-        off, on, slowdown = [], [], []
-        k = 0
+        if args.in_process:
+            extra = ("--in-process", str(args.in_process))
+            result = _job(
+                os.path.join(tmp, "traces"), os.path.join(tmp, "result.json"), args.steps, args.warmup, *extra
+            )
+            assert result["recording"], "the job was not recorded"
+            print(
+                json.dumps(
+                    {"mode": "in_process", **_summary(result["pairs"]), "pairs": args.in_process, "steps": args.steps}
+                )
+            )
+            return
+        pairs = []
         for pair in range(args.pairs):
-            order = (False, True) if pair % 2 == 0 else (True, False)
             times = {}
-            for record in order:
-                times[record] = _job(record, args.steps, args.warmup, tmp, k)
-                k += 1
-            off.append(times[False])
-            on.append(times[True])
-            slowdown.append((times[True] - times[False]) / times[False] * 100)
+            for record in (False, True) if pair % 2 == 0 else (True, False):
+                k = 2 * pair + record
+                trace_dir = os.path.join(tmp, f"traces-{k}") if record else None
+                result = _job(trace_dir, os.path.join(tmp, f"result-{k}.json"), args.steps, args.warmup)
+                times[record] = result["seconds"] / args.steps
+            pairs.append((times[False], times[True]))
         events, size = trace_footprint(tmp)
-    runs = args.pairs
-    print(
-        json.dumps(
-            {
-                "step_ms_off_median": round(statistics.median(off) * 1e3, 4),
-                "step_ms_on_median": round(statistics.median(on) * 1e3, 4),
-                "slowdown_pct_min": round(min(slowdown), 3),
-                "slowdown_pct_median": round(statistics.median(slowdown), 3),
-                "slowdown_pct_max": round(max(slowdown), 3),
-                "events_per_step_per_rank": round(events / runs / 2 / (args.steps + args.warmup), 2),
-                "bytes_per_event": round(size / max(events, 1), 2),
-                "pairs": args.pairs,
-                "steps": args.steps,
-            }
-        )
-    )
+    per_step = events / args.pairs / 2 / (args.steps + args.warmup)
+    extra = {"events_per_step_per_rank": round(per_step, 2), "bytes_per_event": round(size / max(events, 1), 2)}
+    print(json.dumps({**_summary(pairs), **extra, "pairs": args.pairs, "steps": args.steps}))
 
 
 if __name__ == "__main__":

@@ -104,19 +104,22 @@ def main() -> None:
             name = "an isend/irecv pair (per op)" if per_op == 2 else r["op"]
             add(f"recorder cost per call: {name}", command, _spread(low, mid, high, " us"), "<= 1 us", mid <= 1.0)
     if want("ddp"):
-        command = [py, "benchmarks/ddp_overhead.py", "--pairs", "8"]
-        (r,) = raw["ddp"] = _run(command)
-        figure = _spread(r["slowdown_pct_min"], r["slowdown_pct_median"], r["slowdown_pct_max"], " %")
-        figure += f"; step {r['step_ms_off_median']} ms off, {r['step_ms_on_median']} ms on"
-        met = r["slowdown_pct_median"] < 0.5
-        add("gloo DDP training loop, 2 ranks, recording on vs off", command, figure, "< 0.5 %", met)
-        separate = command
-        command = [py, "benchmarks/ddp_overhead.py", "--in-process", "8", "--steps", "500"]
-        (p,) = raw["ddp_in_process"] = _run(command)
-        figure = _spread(p["slowdown_pct_min"], p["slowdown_pct_median"], p["slowdown_pct_max"], " %")
-        figure += f"; step {p['step_ms_off_median']} ms off, {p['step_ms_on_median']} ms on"
-        what = "the same loop in one recorded job, recording switched on and off between blocks of 500 steps"
-        add(what, command, figure, "< 0.5 %", p["slowdown_pct_median"] < 0.5)
+        variants = [
+            ("ddp", "gloo DDP training loop, 2 ranks, recording on vs off", ["--pairs", "8"]),
+            (
+                "ddp_in_process",
+                "the same loop in one recorded job, recording switched on and off between blocks of 500 steps",
+                ["--in-process", "8", "--steps", "500"],
+            ),
+        ]
+        for key, what, options in variants:
+            command = [py, "benchmarks/ddp_overhead.py", *options]
+            (raw[key],) = _run(command)
+            p = raw[key]
+            figure = _spread(p["slowdown_pct_min"], p["slowdown_pct_median"], p["slowdown_pct_max"], " %")
+            figure += f"; step {p['step_ms_off_median']} ms off, {p['step_ms_on_median']} ms on"
+            add(what, command, figure, "< 0.5 %", p["slowdown_pct_median"] < 0.5)
+        r, separate = raw["ddp"], [py, "benchmarks/ddp_overhead.py", *variants[0][2]]
         per_event = r["bytes_per_event"]
         figure = f"{per_event} B ({r['steps']} steps, {r['events_per_step_per_rank']} events per step and rank)"
         add("bytes on disk per event: those DDP runs", separate, figure, "<= 16 B", per_event <= 16)
