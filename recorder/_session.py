@@ -669,10 +669,11 @@ def _watch_signals(read_fd: int) -> None:
             elif signum == signal.SIGTERM:
                 if session is not None:
                     session.dump("SIGTERM")
-                # Blocked inside a collective, the main thread cannot run our handler, which dies
-                # the default way after the final flush: die that way from here instead, after a
-                # moment for it to run if it can.
+                # Blocked inside a collective, the main thread cannot run our handler (the final
+                # flush, the rank's metadata marked closed, then the default death): after a moment
+                # for it to run if it can, do the same from here.
                 if not _sigterm_seen.wait(2.0) and _previous_sigterm in (signal.SIG_DFL, None):
+                    _at_exit()
                     _die_by_sigterm()
 
 
