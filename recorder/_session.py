@@ -93,17 +93,19 @@ def _new_run_id(env: dict[str, str]) -> str:
 
 def _atomic_json(path: str, payload: dict, exclusive: bool = False) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=1, sort_keys=True, default=str)
-    if exclusive:
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(payload, fh, indent=1, sort_keys=True, default=str)
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        else:
+            os.replace(tmp, path)
+    finally:  # a full disk must not leave a half file behind
+        if os.path.exists(tmp):
             os.unlink(tmp)
-    else:
-        os.replace(tmp, path)
 
 
 class Session:
@@ -666,13 +668,13 @@ def _watch_signals(read_fd: int) -> None:
             session = _state.session
             if signum == signal.SIGUSR1 and session is not None:
                 session.dump("SIGUSR1")
-            elif signum == signal.SIGTERM:
+            # On SIGTERM the main thread's handler writes everything and ends the process if it
+            # gets to run. Blocked inside a collective it cannot: after a moment, do it from here
+            # (the snapshot, the final flush, the metadata marked closed, the default death).
+            elif signum == signal.SIGTERM and not _sigterm_seen.wait(2.0):
                 if session is not None:
                     session.dump("SIGTERM")
-                # Blocked inside a collective, the main thread cannot run our handler (the final
-                # flush, the rank's metadata marked closed, then the default death): after a moment
-                # for it to run if it can, do the same from here.
-                if not _sigterm_seen.wait(2.0) and _previous_sigterm in (signal.SIG_DFL, None):
+                if _previous_sigterm in (signal.SIG_DFL, None):
                     _at_exit()
                     _die_by_sigterm()
 
