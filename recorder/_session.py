@@ -612,6 +612,7 @@ _previous_sigterm = None
 
 
 def _at_exit() -> None:
+    _sigterm_seen.set()  # shutting down already: the signal thread must not end us mid-close
     session = _state.session
     if session is not None:
         session.close()
