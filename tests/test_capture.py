@@ -6,6 +6,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from conftest import JOBS, WORLD, clean_env, free_port, load_events, rank_meta, run_dirs, run_job, torchrun
 
 DDP_STEPS = 3  # as in jobs/all_ops.py
@@ -241,3 +243,21 @@ def test_async_end_is_completion_not_enqueue(tmp_trace):
     recv = rows[(0, "recv")]
     assert recv["async_op"] and recv["api"] == "irecv"
     assert (recv["t_end_ns"] - recv["t_start_ns"]) / 1e9 >= 0.9 * delay
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "plain"])
+def test_callback_threads_keep_their_python_state(tmp_path: Path, recorded: bool):
+    """gloo's worker threads keep one Python thread state while recording instead of one per callback
+    (each fresh one costs an mmap and a munmap): a threading.local set in a callback there survives."""
+    out = tmp_path / "out.json"
+    env = clean_env(COMMTRACE_DIR=str(tmp_path / "traces")) if recorded else clean_env()
+    run_job([str(JOBS / "async_callbacks.py"), free_port(), str(out)], env)
+    facts = json.loads(out.read_text())
+    assert facts["sum"] == 2.0**20  # 20 in-place sums of ones over 2 ranks
+    counts = [calls for on_worker, calls in facts["seen"] if on_worker]
+    assert len(counts) >= 10, facts["seen"]  # most callbacks ran on gloo's thread, as intended
+    if recorded:
+        assert max(counts) >= len(counts) // 2, counts  # one state per worker thread, reused
+        assert len(load_events(tmp_path / "traces")) > 0
+    else:  # torch without the recorder: a fresh state per call (what the test would see without the fix)
+        assert max(counts) == 1, counts
