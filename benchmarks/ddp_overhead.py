@@ -1,8 +1,11 @@
 """A real gloo DDP training loop, 2 ranks, with recording on and off, paired: the slowdown users would see.
 
-With ``--in-process PAIRS``, one recorded job instead switches recording on and off between blocks
-of ``--steps`` steps (on/off, off/on, ...): the same processes, the same warm caches, so far less
-noise; what it cannot see is the cost of the recorder's threads, which are alive in both halves.
+With ``--in-process CHUNKS``, one recorded job switches recording on and off from one step to the
+next (on, off, off, on, ...), for ``CHUNKS`` chunks of ``--steps`` steps; each chunk gives one
+slowdown figure, the ratio of the trimmed mean step times (5 % cut at each end). The same processes
+and warm caches, and a slow second of the machine hits both sides alike, so this sees a cost of a
+percent that separate jobs cannot. What it cannot see is the cost of the recorder's threads (the
+writer's flush, the sampler), which are alive in both halves and land on either.
 
 Otherwise each run is a fresh ``torchrun`` job (2 ranks, one thread each) that trains a small MLP with
 DistributedDataParallel and times ``--steps`` steps after a warm-up, between barriers. Runs alternate
@@ -11,6 +14,7 @@ pair gives one slowdown figure. Prints one JSON line: step time with and without
 slowdown in % (min/median/max over pairs), and the events recorded per step.
 
     python benchmarks/ddp_overhead.py [--pairs 6] [--steps 1500]
+    python benchmarks/ddp_overhead.py --in-process 8 --steps 1000
 """
 
 from __future__ import annotations
@@ -52,25 +56,24 @@ def worker(steps: int, warmup: int, out: str, blocks: int = 0) -> None:
 
     for _ in range(warmup):
         step()
-    if blocks:  # in one recorded job: recording switched on and off between blocks of steps
+    if blocks:  # in one recorded job: recording on and off in alternate steps (on, off, off, on, ...)
         from recorder import _state
 
-        session, pairs = _state.session, []
-        for pair in range(blocks):
-            times = {}
-            for on in (True, False) if pair % 2 == 0 else (False, True):
+        session, chunks = _state.session, []
+        for _ in range(blocks):
+            times: dict[bool, list[float]] = {True: [], False: []}
+            dist.barrier()
+            for i in range(steps):
+                on = (i % 4) in (0, 3)
                 _state.session = session if on else None
-                dist.barrier()
                 t0 = time.perf_counter()
-                for _ in range(steps):
-                    step()
-                dist.barrier()
-                times[on] = (time.perf_counter() - t0) / steps
-            pairs.append((times[False], times[True]))
-        _state.session = session
+                step()
+                times[on].append(time.perf_counter() - t0)
+            _state.session = session
+            chunks.append((_trimmed_mean(times[False]), _trimmed_mean(times[True])))
         if rank == 0:
             with open(out, "w") as fh:
-                json.dump({"pairs": pairs, "recording": session is not None}, fh)
+                json.dump({"pairs": chunks, "recording": session is not None}, fh)
         dist.destroy_process_group()
         return
     dist.barrier()
@@ -83,6 +86,14 @@ def worker(steps: int, warmup: int, out: str, blocks: int = 0) -> None:
         with open(out, "w") as fh:
             json.dump({"seconds": elapsed, "steps": steps}, fh)
     dist.destroy_process_group()
+
+
+def _trimmed_mean(values: list[float], cut: float = 0.05) -> float:
+    """The mean without the ``cut`` share at each end: a step that met a page fault or a flush of the
+    machine's other tenant says nothing about recording."""
+    values = sorted(values)
+    k = int(len(values) * cut)
+    return statistics.fmean(values[k : len(values) - k])
 
 
 def _free_port() -> str:
@@ -127,8 +138,8 @@ def main() -> None:
         "--in-process",
         type=int,
         default=0,
-        metavar="PAIRS",
-        help="instead: one recorded job, recording switched on and off between blocks of --steps steps",
+        metavar="CHUNKS",
+        help="instead: one recorded job, recording on and off in alternate steps, CHUNKS chunks of --steps steps",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -145,7 +156,7 @@ def main() -> None:
             assert result["recording"], "the job was not recorded"
             print(
                 json.dumps(
-                    {"mode": "in_process", **_summary(result["pairs"]), "pairs": args.in_process, "steps": args.steps}
+                    {"mode": "in_process", **_summary(result["pairs"]), "chunks": args.in_process, "steps": args.steps}
                 )
             )
             return
