@@ -17,6 +17,7 @@ import secrets
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from datetime import timedelta
@@ -146,6 +147,12 @@ class Session:
         self._completions_seen = 0
         self._stalled_since: float | None = None
         self._dumped = False
+        # The sampler's election lock lives in the temporary directory. Looking it up the first time
+        # takes tempfile's module lock for a few milliseconds (it test-writes a file); taken on a thread
+        # of ours while the main thread forks a DataLoader worker, the worker would inherit it held and
+        # hang in its first tempfile call (multiprocessing shares tensors through one). So here, on
+        # the thread that enables recording, before any thread of ours exists.
+        self._lock_dir = tempfile.gettempdir()
         # Started with the run (start()): a process that never makes a process group (torchrun's
         # agent, a data-prep script) runs no thread of ours.
         self._thread = threading.Thread(target=self._run, name="commtrace-writer", daemon=True)
@@ -252,6 +259,7 @@ class Session:
             self.config.sample_flush_s,
             self.config.proc_root,
             self.config.sys_root,
+            lock_dir=self._lock_dir,
         )
         self.sampler.start()
 

@@ -51,9 +51,9 @@ def host_name() -> str:
 class Election:
     """Holds the per-host sampler lock while this process is the host's sampler."""
 
-    def __init__(self, run_id: str, host: str) -> None:
+    def __init__(self, run_id: str, host: str, directory: str | None = None) -> None:
         safe = safe_name(f"{run_id}-{host}", 200)
-        stem = os.path.join(tempfile.gettempdir(), f"commtrace-{safe}-{network_namespace_id()}")
+        stem = os.path.join(directory or tempfile.gettempdir(), f"commtrace-{safe}-{network_namespace_id()}")
         self.path = stem + ".lock"
         self.pid_file = stem + ".pids"  # every rank of the run on this host, for per-connection TCP stats
         self.fd: int | None = None
@@ -154,12 +154,16 @@ class Sampler:
         proc_root: str = "/",
         sys_root: str = "/",
         metadata: dict[str, str] | None = None,
+        lock_dir: str | None = None,
     ) -> None:
+        """``lock_dir`` holds the host's election lock (default: the temporary directory); a recorder
+        passes it in, worked out on the main thread, because the lookup takes a lock that a fork
+        (a DataLoader worker) would inherit held if this ran on a thread of ours at that moment."""
         self.host = host_name()
         self.period_s = 1.0 / hz
         self.flush_s = flush_s
         self.proc_root, self.sys_root = proc_root, sys_root
-        self.election = Election(run_id, self.host)
+        self.election = Election(run_id, self.host, lock_dir)
         self.writer = SegmentWriter(
             os.path.join(run_dir, f"host={safe_name(self.host, 128)}"),
             incarnation,

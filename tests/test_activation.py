@@ -158,6 +158,38 @@ def test_forked_child_never_writes(tmp_path):
     assert files and all(str(os.getpid()) in f.name for f in files)
 
 
+def test_no_thread_of_ours_takes_tempfiles_lock(tmp_path, monkeypatch):
+    """A lock held by one of our threads when the main thread forks (a DataLoader worker) stays held in
+    the child for good: tempfile's, taken by the first gettempdir(), hung a worker that way. The
+    recorder looks the directory up on the enabling thread, before its threads exist."""
+    import tempfile
+    import threading
+    import time
+
+    takers = []
+    real = tempfile._once_lock
+
+    class Watched:
+        def acquire(self, *args):
+            takers.append(threading.current_thread().name)
+            return real.acquire(*args)
+
+        def release(self):
+            return real.release()
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # as in a process that never asked before
+    monkeypatch.setattr(tempfile, "_once_lock", Watched())
+    with recorder.recording(tmp_path, clock_sync=False, flush_s=0.05, sample_hz=20):
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        dist.all_reduce(torch.ones(2))
+        deadline = time.monotonic() + 10
+        while not (_state.session.sampler and _state.session.sampler.samples):
+            assert time.monotonic() < deadline, "the sampler never ran"
+            time.sleep(0.02)
+        dist.destroy_process_group()
+    assert takers and not [name for name in takers if name.startswith("commtrace")], takers
+
+
 def test_full_buffer_drops_and_counts(tmp_path):
     with recorder.recording(tmp_path, clock_sync=False, flush_s=3600, max_buffered=16):
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
