@@ -108,8 +108,8 @@ def main() -> None:
             ("ddp", "gloo DDP training loop, 2 ranks, recording on vs off", ["--pairs", "8"]),
             (
                 "ddp_in_process",
-                "the same loop in one recorded job, recording switched on and off between blocks of 500 steps",
-                ["--in-process", "8", "--steps", "500"],
+                "the same loop in one recorded job, recording on and off in alternate steps (8 chunks of 1000)",
+                ["--in-process", "8", "--steps", "1000"],
             ),
         ]
         for key, what, options in variants:
