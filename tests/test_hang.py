@@ -1,7 +1,7 @@
 """A real hang (rank 2 of a 3-rank gloo job never issues an all_reduce; ranks 0 and 1 block inside
 it): what was in flight is written out on SIGUSR1, on SIGTERM, or by the watchdog, while the
 blocked ranks are inside the collective, and ``analyze-trace hangs`` names the group, seq and op,
-the missing rank and the stuck ones."""
+the missing rank and the stuck ones. And a real desync that gloo lets through: diagnose names it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.cli import main
-from conftest import JOBS, clean_env, run_dirs, start_job, torchrun
+from conftest import JOBS, clean_env, run_dirs, run_job, start_job, torchrun
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
@@ -86,3 +86,21 @@ def test_hang_is_written_out_and_named(tmp_path, capsys, trigger):
     ]
     assert hang["seq"] == max(seqs) + 1  # the one rank 2 never issued
     assert not report["desyncs"]
+
+
+def test_a_silent_desync_is_named_with_its_culprit(tmp_path, capsys):
+    """Rank 2 all_reduces float16 where the others use float32, with the same byte count: gloo completes
+    it and training carries on with wrong sums. diagnose names the group, seq, rank and what differed."""
+    traces, out = tmp_path / "traces", tmp_path / "out"
+    out.mkdir()
+    env = clean_env(COMMTRACE_DIR=str(traces), JOB_OUT=str(out), COMMTRACE_SAMPLE_HZ="0")
+    run_job(torchrun(3, JOBS / "desync.py"), env)
+    outcomes = {r: (out / f"rank{r}").read_text().split() for r in range(3)}
+    assert all(outcome == "completed" for outcome, _ in outcomes.values())  # nothing told the user
+    assert float(outcomes[2][1]) != float(outcomes[0][1])
+    (run,) = run_dirs(traces)
+    assert main(["diagnose", str(run), "--format", "json", "--fail-on-problem"]) == 1  # a problem was found
+    report = json.loads(capsys.readouterr().out)
+    (desync,) = report["desyncs"]
+    assert (desync["pg"], desync["seq"], desync["culprit_rank"], desync["kind"]) == ("0", 3, 2, "dtype"), desync
+    assert not report["hangs"] and not report["dead_ranks"]
