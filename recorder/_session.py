@@ -22,9 +22,7 @@ import threading
 import time
 from datetime import timedelta
 
-import pyarrow as pa
-
-from recorder import _state, clock
+from recorder import _arrow, _state, clock
 from recorder import capture as C
 from recorder._log import info, warn_once
 from recorder.config import Config, from_env
@@ -488,7 +486,7 @@ class Session:
                     return
                 if self._probe_rows:
                     rows, self._probe_rows = self._probe_rows, []
-                    self.writer.write(pa.Table.from_pylist(rows, schema=PROBE_SCHEMA), PROBE_PREFIX)
+                    self.writer.write(_arrow.table(rows, PROBE_SCHEMA), PROBE_PREFIX)
                 # Completions first: every completion drained has its issue already in the buffer.
                 dones = _drain(self.done)
                 self._completions += len(dones)

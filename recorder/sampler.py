@@ -27,8 +27,8 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from recorder import _arrow
 from recorder._log import warn_once
 from recorder.schema import SAMPLE_SCHEMA, SAMPLES_PREFIX, safe_name
 from recorder.sources import PARSE_ERRORS, host_sources
@@ -92,12 +92,9 @@ def samples_to_table(parts: list[pa.Table], host: str, wall_minus_mono_ns: int) 
     """The sources' PART_SCHEMA tables as one SAMPLE_SCHEMA table: monotonic time made wall-clock, the
     host added, one dictionary per column."""
     table = pa.concat_tables(parts).unify_dictionaries().combine_chunks()
-    host_column = pa.DictionaryArray.from_arrays(
-        pa.array(np.zeros(table.num_rows, dtype=np.int32)), pa.array([host], pa.string())
-    )
     arrays = {name: table[name] for name in table.column_names}
-    arrays["t_ns"] = pc.add(table["t_ns"], wall_minus_mono_ns)
-    arrays["host"] = host_column
+    arrays["t_ns"] = _arrow.from_numpy(_arrow.to_numpy(table["t_ns"]) + wall_minus_mono_ns, pa.int64())
+    arrays["host"] = _arrow.dictionary(np.zeros(table.num_rows, dtype=np.int32), [host])
     return pa.Table.from_arrays([arrays[f.name] for f in SAMPLE_SCHEMA], schema=SAMPLE_SCHEMA)
 
 
@@ -114,12 +111,11 @@ def squeeze(table: pa.Table) -> pa.Table:
     keys = []
     for name in ("source", "device", "counter"):
         column = table[name].combine_chunks()
-        keys.append(column.indices.fill_null(-1).to_numpy())
-    keys.append(table["port"].fill_null(-1).to_numpy())
-    values = table["value"]
-    numeric = values.is_valid().to_numpy(zero_copy_only=False)
-    values = values.fill_null(0).to_numpy()
-    order = np.lexsort([table["t_ns"].to_numpy()] + keys[::-1])
+        keys.append(_arrow.to_numpy(column.indices, fill=-1))
+    keys.append(_arrow.to_numpy(table["port"], fill=-1))
+    numeric = _arrow.valid(table["value"])
+    values = _arrow.to_numpy(table["value"])
+    order = np.lexsort([_arrow.to_numpy(table["t_ns"])] + keys[::-1])
     same = numeric[order][1:] & numeric[order][:-1]
     for key in keys:
         k = key[order]
@@ -130,7 +126,7 @@ def squeeze(table: pa.Table) -> pa.Table:
     keep[1:-1] = ~(same[:-1] & same[1:])
     if keep.all():
         return table
-    return table.take(pa.array(np.sort(order[keep])))
+    return table.take(_arrow.from_numpy(np.sort(order[keep]), pa.int64()))
 
 
 def schedule(sources: list, period_s: float) -> list[list]:

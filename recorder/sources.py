@@ -23,6 +23,7 @@ from operator import itemgetter
 import numpy as np
 import pyarrow as pa
 
+from recorder import _arrow
 from recorder.schema import SAMPLE_SCHEMA
 
 _READ_SIZE = 1 << 16
@@ -96,8 +97,12 @@ PART_SCHEMA = SAMPLE_SCHEMA.remove(SAMPLE_SCHEMA.get_field_index("host"))
 PARSE_ERRORS = (OSError, ValueError, IndexError, struct.error)
 
 
+def _no_text(n: int) -> pa.DictionaryArray:
+    return pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int32()), _arrow.strings([]))
+
+
 def _constant(value: str, n: int) -> pa.DictionaryArray:
-    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string()))
+    return _arrow.dictionary(np.zeros(n, dtype=np.int32), [value])
 
 
 def part_from_rows(source: str, rows: list) -> pa.Table:
@@ -106,17 +111,17 @@ def part_from_rows(source: str, rows: list) -> pa.Table:
     column = [list(map(itemgetter(i), rows)) for i in range(5)]
     values = column[4]
     if any(isinstance(v, str) for v in values):
-        numbers = pa.array([None if isinstance(v, str) else v for v in values], pa.int64())
-        texts = pa.array([v if isinstance(v, str) else None for v in values], pa.string()).dictionary_encode()
+        numbers = _arrow.ints([None if isinstance(v, str) else v for v in values], pa.int64())
+        texts = _arrow.encode([v if isinstance(v, str) else None for v in values])
     else:
-        numbers = pa.array(values, pa.int64())
-        texts = pa.DictionaryArray.from_arrays(pa.nulls(len(values), pa.int32()), pa.array([], pa.string()))
+        numbers = _arrow.ints(values, pa.int64())
+        texts = _no_text(len(values))
     arrays = [
-        pa.array(column[0], pa.int64()),
+        _arrow.ints(column[0], pa.int64()),
         _constant(source, len(values)),
-        pa.array(column[1], pa.string()).dictionary_encode(),
-        pa.array(column[2], pa.int32()),
-        pa.array(column[3], pa.string()).dictionary_encode(),
+        _arrow.encode(column[1]),
+        _arrow.ints(column[2], pa.int32()),
+        _arrow.encode(column[3]),
         numbers,
         texts,
     ]
@@ -241,17 +246,13 @@ class NetDev(_FileSource):
         n = values.size
         names, codes = np.unique(np.array(devices, dtype=object), return_inverse=True)
         arrays = [
-            pa.array(np.repeat(np.array(times, dtype=np.int64), width)),
+            _arrow.from_numpy(np.repeat(np.array(times, dtype=np.int64), width), pa.int64()),
             _constant(self.name, n),
-            pa.DictionaryArray.from_arrays(
-                pa.array(np.repeat(codes.astype(np.int32), width)), pa.array(names.tolist(), pa.string())
-            ),
+            _arrow.dictionary(np.repeat(codes, width), names.tolist()),
             pa.nulls(n, pa.int32()),
-            pa.DictionaryArray.from_arrays(
-                pa.array(np.tile(np.arange(width, dtype=np.int32), len(devices))), pa.array(NET_DEV_COLUMNS)
-            ),
-            pa.array(values),
-            pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int32()), pa.array([], pa.string())),
+            _arrow.dictionary(np.tile(np.arange(width), len(devices)), list(NET_DEV_COLUMNS)),
+            _arrow.from_numpy(values, pa.int64()),
+            _no_text(n),
         ]
         return pa.Table.from_arrays(arrays, schema=PART_SCHEMA)
 

@@ -16,9 +16,9 @@ from operator import itemgetter
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recorder import _arrow
 from recorder import capture as C
 from recorder.schema import COLLECTIVE_SCHEMA, COLLECTIVES_PREFIX, DELTA_COLUMNS, SCHEMA_VERSION
 
@@ -61,27 +61,13 @@ def _dtype_info(dtype, cache: dict) -> tuple[str | None, int]:
     return found
 
 
-def _dictionary(values: list, indices: pa.Array, type_: pa.DataType) -> pa.DictionaryArray:
-    # Through take + dictionary_encode so that a None value becomes a null, not a null dictionary entry.
-    return pc.take(pa.array(values, type=type_.value_type), indices).dictionary_encode()
-
-
-def _codes(objects: list) -> tuple[pa.Array, list]:
-    """Small-integer codes for a column of (few distinct) Python objects, and the distinct objects."""
-    ids = pa.array(list(map(id, objects)), type=pa.int64())
-    unique = pc.unique(ids)
-    codes = pc.index_in(ids, value_set=unique).cast(pa.int32())
-    first: dict[int, object] = {}
-    for obj in objects:
-        first.setdefault(id(obj), obj)
-        if len(first) == len(unique):
-            break
-    return codes, [first[i] for i in unique.to_pylist()]
-
-
 def _column(events: list, index: int) -> list:
     # One C-level pass per column (zip(*events) is several times slower on long lists).
     return list(map(itemgetter(index), events))
+
+
+def _int64(column: list) -> np.ndarray:
+    return np.fromiter(column, dtype=np.int64, count=len(column))
 
 
 def build_segment(
@@ -97,80 +83,88 @@ def build_segment(
 
     Returns the table of rows to write (finished operations, and unfinished ones issued before
     ``write_before_mono``, written as in flight; None if there are none) and the issue events still
-    waiting for their completion. Column-wise and mostly in Arrow's C code: the writer shares the GIL
-    with training, so it spends as little Python time per event as it can.
+    waiting for their completion. Column-wise in numpy, one C-level pass per field: the writer
+    shares the GIL with training, so it spends as little Python time per event as it can. The Arrow
+    arrays are made from their buffers (see recorder._arrow: no pandas import).
     """
     if not issues:
         return None, []
-    ids = pa.array(_column(issues, C.ID), type=pa.int64())
-    t0 = pa.array(_column(issues, C.T0), type=pa.int64())
+    n = len(issues)
+    t0 = _int64(_column(issues, C.T0))
+    t1 = np.zeros(n, dtype=np.int64)
+    ended = np.zeros(n, dtype=bool)
+    status = np.full(n, 2, dtype=np.int32)  # codes into STATUSES; in flight until a completion says
+    gpu_ns, gpu_valid = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
     if dones:
-        where = pc.index_in(ids, value_set=pa.array(_column(dones, 0), type=pa.int64()))
-        t1 = pc.take(pa.array(_column(dones, 1), type=pa.int64()), where)
-        status = pc.take(pa.array(_column(dones, 2), type=pa.string()), where)
-        gpu_ns = pc.take(pa.array(_column(dones, 3), type=pa.int64()), where)
-    else:
-        t1 = pa.nulls(len(issues), pa.int64())
-        status = pa.nulls(len(issues), pa.string())
-        gpu_ns = pa.nulls(len(issues), pa.int64())
-    finished = pc.is_valid(t1)
-    if write_before_mono is None:
-        write = pa.array(np.ones(len(issues), dtype=bool))
-    else:
-        write = pc.or_(finished, pc.less(t0, write_before_mono))
-    keep = np.asarray(write.to_numpy(zero_copy_only=False), dtype=bool)
+        ids = _int64(_column(issues, C.ID))
+        done_ids = _int64(_column(dones, 0))
+        order = np.argsort(done_ids, kind="stable")  # equal ids: the first completion recorded wins
+        at = np.minimum(np.searchsorted(done_ids[order], ids), len(order) - 1)
+        source = order[at]
+        ended = done_ids[source] == ids
+        t1 = np.where(ended, _int64(_column(dones, 1))[source], 0)
+        codes = _STATUS_CODES
+        done_status = np.fromiter(map(codes.__getitem__, _column(dones, 2)), dtype=np.int32, count=len(dones))
+        status = np.where(ended, done_status[source], status)
+        values, valid = _arrow.nullable(_column(dones, 3), np.int64)
+        gpu_valid = ended & (valid[source] if valid is not None else True)
+        gpu_ns = np.where(gpu_valid, values[source], 0)
+    keep = np.ones(n, dtype=bool) if write_before_mono is None else ended | (t0 < write_before_mono)
     carry = [issues[i] for i in np.flatnonzero(~keep)]
     if not keep.any():
         return None, carry
     if not keep.all():
         issues = [issues[i] for i in np.flatnonzero(keep)]
-        mask = pa.array(keep)
-        t0, t1, status, gpu_ns = (pc.filter(a, mask) for a in (t0, t1, status, gpu_ns))
+        t0, t1, ended, status, gpu_ns, gpu_valid = (a[keep] for a in (t0, t1, ended, status, gpu_ns, gpu_valid))
     n = len(issues)
-    group_codes = pa.array(_column(issues, C.GROUP), type=pa.int32())
+    group_codes = np.fromiter(_column(issues, C.GROUP), dtype=np.int32, count=n)
     infos = list(groups)
-    dtype_codes, dtypes = _codes(_column(issues, C.DTYPE))
-    dtype_names, itemsizes = zip(*(_dtype_info(d, dtype_cache) for d in dtypes), strict=True)
-    n_in = pa.array(_column(issues, C.N_IN), type=pa.int64())
-    n_out = pa.array(_column(issues, C.N_OUT), type=pa.int64())
-    itemsize = pc.take(pa.array(itemsizes, type=pa.int64()), dtype_codes)
-    string = pa.dictionary(pa.int32(), pa.string())
+    dtype_codes = _arrow.Codes()
+    dtype_index = np.fromiter(map(dtype_codes.__getitem__, _column(issues, C.DTYPE)), dtype=np.int32, count=n)
+    dtype_names, itemsizes = zip(*(_dtype_info(d, dtype_cache) for d in dtype_codes), strict=True)
+    itemsize = np.array(itemsizes, dtype=np.int64)[dtype_index]
+    n_in, n_out = _int64(_column(issues, C.N_IN)), _int64(_column(issues, C.N_OUT))
 
     def to_global(column: list) -> pa.Array:
         if column.count(None) == len(column):  # no peer or root in this segment: C speed, no generator
             return pa.nulls(len(column), pa.int32())
         codes = _column(issues, C.GROUP)
-        return pa.array(
-            [None if r is None else infos[g].global_rank(r) for g, r in zip(codes, column, strict=True)],
-            type=pa.int32(),
-        )
+        ranks = [None if r is None else infos[g].global_rank(r) for g, r in zip(codes, column, strict=True)]
+        return _arrow.ints(ranks, pa.int32())
+
+    def per_group(values: list) -> pa.DictionaryArray:
+        return _arrow.dictionary(group_codes, values)
 
     arrays = {
-        "rank": pa.array(np.full(n, rank, dtype=np.int32)),
-        "pg": _dictionary([i.name for i in infos], group_codes, string),
-        "pg_desc": _dictionary([i.desc for i in infos], group_codes, string),
-        "pg_size": pc.take(pa.array([i.size for i in infos], type=pa.int32()), group_codes),
-        "seq": pa.array(_column(issues, C.SEQ), type=pa.int64()),
-        "op": pa.array(_column(issues, C.OP), type=pa.string()).dictionary_encode(),
-        "count": n_in,
-        "bytes_in": pc.multiply(n_in, itemsize),
-        "bytes_out": pc.multiply(n_out, itemsize),
-        "dtype": _dictionary(list(dtype_names), dtype_codes, string),
+        "rank": _arrow.from_numpy(np.full(n, rank, dtype=np.int32), pa.int32()),
+        "pg": per_group([i.name for i in infos]),
+        "pg_desc": per_group([i.desc for i in infos]),
+        "pg_size": _arrow.from_numpy(np.array([i.size for i in infos], dtype=np.int32)[group_codes], pa.int32()),
+        "seq": _arrow.from_numpy(_int64(_column(issues, C.SEQ)), pa.int64()),
+        "op": _arrow.encode(_column(issues, C.OP)),
+        "count": _arrow.from_numpy(n_in, pa.int64()),
+        "bytes_in": _arrow.from_numpy(n_in * itemsize, pa.int64()),
+        "bytes_out": _arrow.from_numpy(n_out * itemsize, pa.int64()),
+        "dtype": _arrow.dictionary(dtype_index, list(dtype_names)),
         "peer": to_global(_column(issues, C.PEER)),
         "root": to_global(_column(issues, C.ROOT)),
-        "t_start_ns": pc.add(t0, wall_minus_mono),
-        "t_end_ns": pc.add(t1, wall_minus_mono),
-        "gpu_duration_ns": gpu_ns,
-        "status": pc.fill_null(status, C.IN_FLIGHT).dictionary_encode(),
-        "async_op": pa.array(_column(issues, C.ASYNC), type=pa.bool_()),
-        "coalesced": pa.array(_column(issues, C.COAL), type=pa.bool_()),
-        "api": pa.array(_column(issues, C.API), type=pa.string()).dictionary_encode(),
-        "backend": _dictionary([i.backend for i in infos], group_codes, string),
-        "device": pa.array(_column(issues, C.DEVICE), type=pa.string()).dictionary_encode(),
-        "step": pa.array(_column(issues, C.STEP), type=pa.int64()),
+        "t_start_ns": _arrow.from_numpy(t0 + wall_minus_mono, pa.int64()),
+        "t_end_ns": _arrow.from_numpy(t1 + wall_minus_mono, pa.int64(), ended),
+        "gpu_duration_ns": _arrow.from_numpy(gpu_ns, pa.int64(), gpu_valid),
+        "status": _arrow.dictionary(status, list(_STATUS_CODES)),
+        "async_op": _arrow.from_numpy(np.fromiter(_column(issues, C.ASYNC), dtype=bool, count=n), pa.bool_()),
+        "coalesced": _arrow.from_numpy(np.fromiter(_column(issues, C.COAL), dtype=bool, count=n), pa.bool_()),
+        "api": _arrow.encode(_column(issues, C.API)),
+        "backend": per_group([i.backend for i in infos]),
+        "device": _arrow.encode(_column(issues, C.DEVICE)),
+        "step": _arrow.ints(_column(issues, C.STEP), pa.int64()),
     }
-    table = pa.Table.from_arrays([arrays[f.name].cast(f.type) for f in COLLECTIVE_SCHEMA], schema=COLLECTIVE_SCHEMA)
+    table = pa.Table.from_arrays([arrays[f.name] for f in COLLECTIVE_SCHEMA], schema=COLLECTIVE_SCHEMA)
     return table, carry
+
+
+# Status codes of completion events; an operation without one is in flight.
+_STATUS_CODES = _arrow.Codes({C.OK: 0, C.ERROR: 1, C.IN_FLIGHT: 2})
 
 
 class SegmentWriter:
@@ -246,7 +240,7 @@ def group_summaries(table: pa.Table) -> dict[str, list]:
 
     def decoded(name: str) -> tuple[np.ndarray, list]:
         column = table[name].combine_chunks()
-        return column.indices.fill_null(-1).to_numpy(), column.dictionary.to_pylist()
+        return _arrow.to_numpy(column.indices, fill=-1), column.dictionary.to_pylist()
 
     op_codes, op_names = decoded("op")
     pg_codes, pg_names = decoded("pg")
@@ -255,16 +249,16 @@ def group_summaries(table: pa.Table) -> dict[str, list]:
     p2p = np.isin(op_codes, [i for i, name in enumerate(op_names) if name in P2P_OPS])
     scatter = np.isin(op_codes, [i for i, name in enumerate(op_names) if name == "scatter"])
     uneven = np.isin(op_codes, [i for i, name in enumerate(op_names) if name in ("all_to_all", "all_to_all_single")])
-    size = np.where(scatter, table["bytes_out"].fill_null(0).to_numpy(), table["bytes_in"].fill_null(0).to_numpy())
+    size = np.where(scatter, _arrow.to_numpy(table["bytes_out"]), _arrow.to_numpy(table["bytes_in"]))
     size = np.where(uneven, 0, size).astype(np.uint64)
-    seq = table["seq"].fill_null(-1).to_numpy().astype(np.uint64)
+    seq = _arrow.to_numpy(table["seq"], fill=-1).astype(np.uint64)
     op_h = np.array([_name_hash(n) for n in op_names] + [0], dtype=np.uint64)[op_codes]
     dtype_h = np.array([_name_hash(n) for n in dtype_names] + [0], dtype=np.uint64)[dtype_codes]
     with np.errstate(over="ignore"):
         row_h = _mix(_mix(_mix(_mix(seq) ^ op_h) ^ size) ^ dtype_h)
     ok = np.isin(status_codes, [i for i, name in enumerate(status_names) if name == "ok"])
-    done = ok & table["t_end_ns"].is_valid().to_numpy(zero_copy_only=False)
-    seqs = table["seq"].fill_null(0).to_numpy()
+    done = ok & _arrow.valid(table["t_end_ns"])
+    seqs = _arrow.to_numpy(table["seq"])
     for code, name in enumerate(pg_names):
         rows = (pg_codes == code) & ~p2p
         if not rows.any():

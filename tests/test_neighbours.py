@@ -113,3 +113,22 @@ def test_forked_dataloader_workers_write_nothing(tmp_path: Path):
             assert any(pid in path.name for pid in pids), path.name  # every file names a rank's pid
             assert not any(w in path.name for w in workers), path.name
     assert _ops(run) == {r: Counter({"all_reduce": 24, "barrier": 1}) for r in range(WORLD)}
+
+
+def test_recording_never_imports_pandas(tmp_path: Path):
+    """pyarrow imports pandas the first time it converts Python values, 25-30 MB per rank and a long
+    GIL hold in the writer: every segment, sample and probe row is built without that."""
+    import importlib.util
+
+    assert importlib.util.find_spec("pandas") is not None  # importable here, so the check means something
+    traces, out = tmp_path / "traces", tmp_path / "out"
+    out.mkdir()
+    env = clean_env(COMMTRACE_DIR=str(traces), JOB_OUT=str(out), COMMTRACE_FLUSH_S="0.2")
+    run_job(_torchrun(str(JOBS / "neighbours.py"), "3000"), env)
+    facts = [json.loads((out / f"rank{r}-attempt0.json").read_text()) for r in range(WORLD)]
+    assert [f["pandas"] for f in facts] == [False, False]
+    (run,) = [p for p in traces.iterdir() if p.is_dir()]
+    assert len(list(run.glob("rank=*/collectives-*.parquet"))) >= 2
+    assert list(run.glob("host=*/nic-*.parquet"))  # the sampler wrote too (the link probe needs 2 hosts:
+    # tests/test_arrow.py builds its rows)
+    assert _ops(run) == {r: Counter({"all_reduce": 3000, "barrier": 1}) for r in range(WORLD)}

@@ -8,7 +8,7 @@ torchrun's first attempt exits with code 3 after the barrier, so the agent resta
 (``--max-restarts``). The default group's store is prefixed by the attempt, as a job that restarts
 under the agent's shared store must do: gloo's connection keys of the failed attempt would
 otherwise still be there. Writes $JOB_OUT/rank{R}-attempt{A}.json: pid, the loader workers' pids,
-the final sum.
+the final sum, whether pandas was imported.
 """
 
 import datetime
@@ -56,9 +56,10 @@ def main() -> None:
         for _ in range(ops):
             dist.all_reduce(t)
     dist.barrier()
+    dist.destroy_process_group()  # a recorder writes its last segments, samples and probe here
+    facts = {"pid": os.getpid(), "workers": sorted(workers), "sum": float(t[0]), "pandas": "pandas" in sys.modules}
     with open(os.path.join(os.environ["JOB_OUT"], f"rank{rank}-attempt{attempt}.json"), "w") as fh:
-        json.dump({"pid": os.getpid(), "workers": sorted(workers), "sum": float(t[0])}, fh)
-    dist.destroy_process_group()
+        json.dump(facts, fh)
     if fail_first and attempt == 0 and rank == 1:
         sys.exit(3)
 
