@@ -18,10 +18,10 @@ COMMTRACE_FLUSH_S = "COMMTRACE_FLUSH_S"
 """Seconds between segment flushes (default 1.0): a ``kill -9`` loses at most this much."""
 
 COMMTRACE_FLUSH_EVENTS = "COMMTRACE_FLUSH_EVENTS"
-"""Flush early once this many events are buffered (default 16384)."""
+"""Flush early once this many events are buffered (default 4096)."""
 
 COMMTRACE_MAX_BUFFERED = "COMMTRACE_MAX_BUFFERED"
-"""Events held in memory at most (default 65536, ~25 MB); beyond it events are dropped and counted."""
+"""Events held in memory at most (default 32768, ~12 MB); beyond it events are dropped and counted."""
 
 COMMTRACE_PENDING_S = "COMMTRACE_PENDING_S"
 """An operation not completed after this many seconds is written as in flight (default 600)."""
@@ -101,8 +101,8 @@ ALL_VARIABLES = (
 class Config:
     dir: str | None = None
     flush_s: float = 1.0
-    flush_events: int = 16384
-    max_buffered: int = 65536
+    flush_events: int = 4096
+    max_buffered: int = 32768
     pending_s: float = 600.0
     hang_dump_s: float = 60.0
     run_id: str | None = None
@@ -182,8 +182,8 @@ def from_env(env: dict[str, str] | None = None, **overrides: object) -> Config:
     values: dict[str, object] = {
         "dir": env.get(COMMTRACE_DIR) or None,
         "flush_s": _number(env, COMMTRACE_FLUSH_S, 1.0, float, 0.01),
-        "flush_events": _number(env, COMMTRACE_FLUSH_EVENTS, 16384, int, 1),
-        "max_buffered": _number(env, COMMTRACE_MAX_BUFFERED, 65536, int, 16),
+        "flush_events": _number(env, COMMTRACE_FLUSH_EVENTS, 4096, int, 1),
+        "max_buffered": _number(env, COMMTRACE_MAX_BUFFERED, 32768, int, 16),
         "pending_s": _number(env, COMMTRACE_PENDING_S, 600.0, float, 0.1),
         "hang_dump_s": _number(env, COMMTRACE_HANG_DUMP_S, 60.0, float, 0.0),
         "run_id": env.get(COMMTRACE_RUN_ID) or None,

@@ -45,7 +45,7 @@ def test_bad_values_warn_once_and_fall_back():
     finally:
         _log.logger.removeHandler(collect)
     assert first == second
-    assert (first.flush_s, first.clock_sync, first.max_buffered) == (1.0, True, 65536)
+    assert (first.flush_s, first.clock_sync, first.max_buffered) == (1.0, True, 32768)
     assert len(collect.messages) == 3, collect.messages
     assert any("COMMTRACE_FLUSH_S='soon'" in m for m in collect.messages)
 
