@@ -44,7 +44,9 @@ def collectives(run: Run) -> pl.DataFrame:
 
     S and the bus factor follow nccl-tests (see analysis.formulas); algbw = S / t, busbw = algbw x
     factor(n) with n the group's size; t is each instance's transfer time after the last arrival.
-    Bandwidths are the medians over instances, in GB/s (1e9 B/s).
+    Bandwidths are the medians over instances, in GB/s (1e9 B/s), unrounded: a few bytes moved in
+    milliseconds is well under 1e-6 GB/s, and rounding it to 0 would hide it from plots and turn a
+    comparison's ratio into a division by zero.
     """
     return run.sql(f"""
         WITH inst AS ({_instances_sql(run)}),
@@ -60,8 +62,8 @@ def collectives(run: Run) -> pl.DataFrame:
                round(quantile_cont(transfer_ns, 0.5) / 1e6, 4) AS p50_ms,
                round(quantile_cont(transfer_ns, 0.95) / 1e6, 4) AS p95_ms,
                round(quantile_cont(transfer_ns, 0.99) / 1e6, 4) AS p99_ms,
-               round(quantile_cont(size_bytes / transfer_ns, 0.5), 6) AS algbw_gbps,
-               round(quantile_cont(size_bytes / transfer_ns * factor, 0.5), 6) AS busbw_gbps
+               quantile_cont(size_bytes / transfer_ns, 0.5) AS algbw_gbps,
+               quantile_cont(size_bytes / transfer_ns * factor, 0.5) AS busbw_gbps
         FROM sized
         GROUP BY pg, family, pg_size, size_bucket
         ORDER BY pg, op, size_bucket

@@ -86,6 +86,15 @@ def test_incomplete_instances_are_left_out_of_bandwidth(tmp_path):
     assert findings.collectives(Run.open(write_run(tmp_path / "run", rows, n))).is_empty()
 
 
+def test_a_tiny_slow_collective_keeps_its_bandwidth(tmp_path):
+    """8 B moved in 50 ms is 1.2e-7 GB/s of bus bandwidth: small, not zero (plots and comparisons divide by it)."""
+    n = 4
+    rows = [event(r, 0, "all_gather", n, 8, 8 * n, T0, T0 + 50_000_000) for r in range(n)]
+    (row,) = findings.collectives(Run.open(write_run(tmp_path / "run", rows, n))).to_dicts()
+    assert row["busbw_gbps"] == pytest.approx(8 * n / 50e6 * (n - 1) / n, rel=1e-9)
+    assert row["p50_ms"] == 50.0
+
+
 def test_real_trace_collectives(spawned):
     run = Run.open(spawned["run"])
     table = findings.collectives(run).to_dicts()
