@@ -145,6 +145,8 @@ class Session:
         self._completions_seen = 0
         self._stalled_since: float | None = None
         self._dumped = False
+        self._close_done = threading.Event()  # close() finished (its metadata written)
+        self._closing_thread: int | None = None
         # The sampler's election lock lives in the temporary directory. Looking it up the first time
         # takes tempfile's module lock for a few milliseconds (it test-writes a file); taken on a thread
         # of ours while the main thread forks a DataLoader worker, the worker would inherit it held and
@@ -553,10 +555,22 @@ class Session:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Final flush (in-flight operations included), metadata, stop the writer. Runs once."""
+        global _closing, _deferred_sigterm
         if self.closed or os.getpid() != self.pid:
             return
         self._join_startup(timeout_s)
         self.closed = True
+        self._closing_thread = threading.get_ident()
+        _closing = self
+        try:
+            self._close(timeout_s)
+        finally:
+            self._close_done.set()
+            if _deferred_sigterm is not None and self._closing_thread == threading.get_ident():
+                deferred, _deferred_sigterm = _deferred_sigterm, None
+                _deliver_sigterm(*deferred)  # a SIGTERM that arrived during the close: acted on now
+
+    def _close(self, timeout_s: float) -> None:
         if _state.session is self:
             _state.session = None
         self._stop.set()
@@ -617,24 +631,45 @@ _hooks_installed = False
 _previous_sigterm = None
 
 
+_closing: Session | None = None  # the session whose close() started last
+_deferred_sigterm: tuple | None = None  # a SIGTERM received inside this thread's own close()
+CLOSE_WAIT_S = 10.0
+
+
 def _at_exit() -> None:
     _sigterm_seen.set()  # shutting down already: the signal thread must not end us mid-close
     session = _state.session
     if session is not None:
         session.close()
+        return
+    closing = _closing
+    if closing is not None and closing._closing_thread != threading.get_ident():
+        closing._close_done.wait(CLOSE_WAIT_S)  # another thread is closing the trace: let it finish
 
 
 def _on_sigterm(signum, frame) -> None:
+    global _deferred_sigterm
     _sigterm_seen.set()
+    closing = _closing
+    if closing is not None and closing._closing_thread == threading.get_ident() and not closing._close_done.is_set():
+        # The handler interrupted this thread's own close() (at exit, or in destroy_process_group):
+        # dying here would lose the metadata that says the trace is whole. close() acts on it last.
+        _deferred_sigterm = (signum, frame)
+        return
     try:
         _at_exit()
     finally:
-        previous = _previous_sigterm
-        if callable(previous):
-            previous(signum, frame)
-        else:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-            os.kill(os.getpid(), signal.SIGTERM)
+        _deliver_sigterm(signum, frame)
+
+
+def _deliver_sigterm(signum, frame) -> None:
+    """What SIGTERM would have done without us: the previous handler, or the default death."""
+    previous = _previous_sigterm
+    if callable(previous):
+        previous(signum, frame)
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _after_fork_in_child() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -85,3 +86,38 @@ def test_sigterm_flushes_everything_and_dies_the_same_way(tmp_path):
     assert len(rows) > 100
     assert [r["seq"] for r in sorted(rows, key=lambda r: r["seq"])] == list(range(len(rows)))
     assert (signalled_at_ns - max(r["t_start_ns"] for r in rows)) / 1e9 < 0.5  # periodic flush: 3600 s
+
+
+SIGTERM_IN_CLOSE_JOB = """
+import os, signal, sys, time, torch, torch.distributed as dist
+from recorder import _session, _state
+
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+for _ in range(50):
+    dist.all_reduce(torch.ones(8))
+session = _state.session
+flush = session.flush
+
+def final_flush_then_sigterm(final=False):
+    flush(final=final)
+    if final:  # the launcher's SIGTERM lands while the trace is being closed at exit
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs here, inside close()
+
+session.flush = final_flush_then_sigterm
+sys.exit(0)  # no destroy_process_group: the trace is closed by the recorder's atexit hook
+"""
+
+
+def test_sigterm_during_the_close_at_exit_still_ends_with_a_closed_trace(tmp_path):
+    """torchrun sends SIGTERM to a rank that is already leaving: the handler runs inside the recorder's
+    own close at exit. The close finishes (metadata says closed) and the process then dies by SIGTERM,
+    as it would have; before, it died between the last segment and the metadata."""
+    traces = tmp_path / "traces"
+    env = clean_env(COMMTRACE_DIR=str(traces), COMMTRACE_SAMPLE_HZ="0")
+    job = subprocess.run([sys.executable, "-c", SIGTERM_IN_CLOSE_JOB], env=env, capture_output=True, text=True)
+    assert job.returncode == -signal.SIGTERM, job.stderr
+    (meta,) = traces.glob("*/rank=00000/rank-*.json")
+    assert json.loads(meta.read_text())["closed"] is True
+    rows = [r for p in _segments(traces, 0) for r in pq.read_table(p).to_pylist()]
+    assert len(rows) == 50
