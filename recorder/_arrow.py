@@ -5,7 +5,7 @@ pyarrow's pandas shim whether pandas is around, and the first asking imports it:
 process that never uses pandas, that is 25-30 MB of private memory per rank and a GIL held for
 the whole import (hundreds of milliseconds) by the recorder's writer thread, at its first flush.
 Arrays built from their buffers (``Array.from_buffers``) and compute between arrays never ask; the
-recorder builds everything it writes here. ``tests/test_capture.py`` checks that a recorded job
+recorder builds everything it writes here. ``tests/test_neighbours.py`` checks that a recorded job
 with its sampler running never imports pandas.
 """
 
@@ -62,8 +62,8 @@ def nullable(column: list, dtype) -> tuple[np.ndarray, np.ndarray | None]:
     return np.where(valid, objects, 0).astype(dtype), valid
 
 
-def ints(column: list, type_: pa.DataType) -> pa.Array:
-    """A list of ints or None as an Arrow array of ``type_``."""
+def numeric(column: list, type_: pa.DataType) -> pa.Array:
+    """A list of numbers or None as an Arrow array of the numeric ``type_``."""
     values, valid = nullable(column, _NUMPY[type_])
     return from_numpy(values, type_, valid)
 
@@ -87,11 +87,7 @@ def table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     arrays = []
     for field in schema:
         column = [row.get(field.name) for row in rows]
-        if pa.types.is_string(field.type):
-            arrays.append(strings(column))
-        else:
-            values, valid = nullable(column, _NUMPY[field.type])
-            arrays.append(from_numpy(values, field.type, valid))
+        arrays.append(strings(column) if pa.types.is_string(field.type) else numeric(column, field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -117,16 +113,15 @@ def to_numpy(array: pa.Array | pa.ChunkedArray, fill=0) -> np.ndarray:
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
     n, offset = len(array), array.offset
-    validity, data = array.buffers()[:2]
+    data = array.buffers()[1]
     if pa.types.is_boolean(array.type):
         bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
         values = bits[offset : offset + n].astype(bool)
     else:
         values = np.frombuffer(data, dtype=_NUMPY[array.type], count=n, offset=offset * array.type.byte_width)
-    if validity is None or array.null_count == 0:
+    if array.null_count == 0:
         return values.copy()
-    valid = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")[offset : offset + n]
-    return np.where(valid.astype(bool), values, fill)
+    return np.where(valid(array), values, fill)
 
 
 def valid(array: pa.Array | pa.ChunkedArray) -> np.ndarray:

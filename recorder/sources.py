@@ -111,16 +111,16 @@ def part_from_rows(source: str, rows: list) -> pa.Table:
     column = [list(map(itemgetter(i), rows)) for i in range(5)]
     values = column[4]
     if any(isinstance(v, str) for v in values):
-        numbers = _arrow.ints([None if isinstance(v, str) else v for v in values], pa.int64())
+        numbers = _arrow.numeric([None if isinstance(v, str) else v for v in values], pa.int64())
         texts = _arrow.encode([v if isinstance(v, str) else None for v in values])
     else:
-        numbers = _arrow.ints(values, pa.int64())
+        numbers = _arrow.numeric(values, pa.int64())
         texts = _no_text(len(values))
     arrays = [
-        _arrow.ints(column[0], pa.int64()),
+        _arrow.numeric(column[0], pa.int64()),
         _constant(source, len(values)),
         _arrow.encode(column[1]),
-        _arrow.ints(column[2], pa.int32()),
+        _arrow.numeric(column[2], pa.int32()),
         _arrow.encode(column[3]),
         numbers,
         texts,

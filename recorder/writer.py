@@ -93,7 +93,7 @@ def build_segment(
     t0 = _int64(_column(issues, C.T0))
     t1 = np.zeros(n, dtype=np.int64)
     ended = np.zeros(n, dtype=bool)
-    status = np.full(n, 2, dtype=np.int32)  # codes into STATUSES; in flight until a completion says
+    status = np.full(n, _STATUS_CODES[C.IN_FLIGHT], dtype=np.int32)  # until a completion says otherwise
     gpu_ns, gpu_valid = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
     if dones:
         ids = _int64(_column(issues, C.ID))
@@ -103,8 +103,8 @@ def build_segment(
         source = order[at]
         ended = done_ids[source] == ids
         t1 = np.where(ended, _int64(_column(dones, 1))[source], 0)
-        codes = _STATUS_CODES
-        done_status = np.fromiter(map(codes.__getitem__, _column(dones, 2)), dtype=np.int32, count=len(dones))
+        statuses = map(_STATUS_CODES.__getitem__, _column(dones, 2))
+        done_status = np.fromiter(statuses, dtype=np.int32, count=len(dones))
         status = np.where(ended, done_status[source], status)
         values, valid = _arrow.nullable(_column(dones, 3), np.int64)
         gpu_valid = ended & (valid[source] if valid is not None else True)
@@ -128,9 +128,9 @@ def build_segment(
     def to_global(column: list) -> pa.Array:
         if column.count(None) == len(column):  # no peer or root in this segment: C speed, no generator
             return pa.nulls(len(column), pa.int32())
-        codes = _column(issues, C.GROUP)
+        codes = group_codes.tolist()
         ranks = [None if r is None else infos[g].global_rank(r) for g, r in zip(codes, column, strict=True)]
-        return _arrow.ints(ranks, pa.int32())
+        return _arrow.numeric(ranks, pa.int32())
 
     def per_group(values: list) -> pa.DictionaryArray:
         return _arrow.dictionary(group_codes, values)
@@ -157,7 +157,7 @@ def build_segment(
         "api": _arrow.encode(_column(issues, C.API)),
         "backend": per_group([i.backend for i in infos]),
         "device": _arrow.encode(_column(issues, C.DEVICE)),
-        "step": _arrow.ints(_column(issues, C.STEP), pa.int64()),
+        "step": _arrow.numeric(_column(issues, C.STEP), pa.int64()),
     }
     table = pa.Table.from_arrays([arrays[f.name] for f in COLLECTIVE_SCHEMA], schema=COLLECTIVE_SCHEMA)
     return table, carry

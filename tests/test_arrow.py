@@ -18,10 +18,11 @@ from recorder.schema import PROBE_SCHEMA
         ([None, None], pa.int32()),
         ([], pa.int64()),
         ([7, None, 0], pa.int32()),
+        ([0.5, None, 2.0], pa.float64()),
     ],
 )
-def test_ints_match_pa_array(values, type_):
-    got = _arrow.ints(values, type_)
+def test_numbers_match_pa_array(values, type_):
+    got = _arrow.numeric(values, type_)
     got.validate(full=True)
     assert got.equals(pa.array(values, type_))
 
