@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from footprint import trace_footprint  # noqa: E402
 
 
-def worker(steps: int, warmup: int, out: str, blocks: int = 0) -> None:
+def worker(steps: int, warmup: int, out: str, chunks: int = 0) -> None:
     import torch
     import torch.distributed as dist
     from torch import nn
@@ -56,11 +56,11 @@ def worker(steps: int, warmup: int, out: str, blocks: int = 0) -> None:
 
     for _ in range(warmup):
         step()
-    if blocks:  # in one recorded job: recording on and off in alternate steps (on, off, off, on, ...)
+    if chunks:  # in one recorded job: recording on and off in alternate steps (on, off, off, on, ...)
         from recorder import _state
 
-        session, chunks = _state.session, []
-        for _ in range(blocks):
+        session, results = _state.session, []
+        for _ in range(chunks):
             times: dict[bool, list[float]] = {True: [], False: []}
             dist.barrier()
             for i in range(steps):
@@ -70,10 +70,10 @@ def worker(steps: int, warmup: int, out: str, blocks: int = 0) -> None:
                 step()
                 times[on].append(time.perf_counter() - t0)
             _state.session = session
-            chunks.append((_trimmed_mean(times[False]), _trimmed_mean(times[True])))
+            results.append((_trimmed_mean(times[False]), _trimmed_mean(times[True])))
         if rank == 0:
             with open(out, "w") as fh:
-                json.dump({"pairs": chunks, "recording": session is not None}, fh)
+                json.dump({"pairs": results, "recording": session is not None}, fh)
         dist.destroy_process_group()
         return
     dist.barrier()
