@@ -54,6 +54,7 @@ def step(number: int | None = None) -> int:
     if number is None:
         number = 0 if _state.step is None else _state.step + 1
     _state.step = int(number)
+    _state.step_code = _state.step
     return _state.step
 
 

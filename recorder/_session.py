@@ -22,6 +22,8 @@ import threading
 import time
 from datetime import timedelta
 
+import numpy as np
+
 from recorder import _arrow, _state, clock
 from recorder import capture as C
 from recorder._log import info, warn_once
@@ -35,7 +37,7 @@ from recorder.schema import (
     SCHEMA_VERSION,
     safe_name,
 )
-from recorder.writer import SegmentWriter, build_segment, wall_minus_mono
+from recorder.writer import NO_DONES, NO_ISSUES, SegmentWriter, build_segment, dones_from, issues_from, wall_minus_mono
 
 ENV_PREFIXES = ("TORCH_", "NCCL_", "COMMTRACE_", "GLOO_", "TORCHELASTIC_", "MASTER_", "OMP_", "CUDA_")
 ENV_NAMES = (
@@ -112,13 +114,16 @@ class Session:
         self.config = config
         self.pid = os.getpid()
         self.incarnation = f"{self.pid}-{secrets.token_hex(2)}"
-        self.buffer: collections.deque = collections.deque()  # issue events, appended by the hot path
-        self.done: collections.deque = collections.deque()  # completion events
+        # Issue and completion records (capture.ISSUE, capture.DONE), appended by the hot path and the
+        # backends' threads, taken from the front by the writer (_take).
+        self.buffer = bytearray()
+        self.done = bytearray()
         self.ids = itertools.count()
         self.max_buffered = config.max_buffered
-        self.flush_events = config.flush_events
+        self.max_bytes = config.max_buffered * C.ISSUE.size
+        self.flush_bytes = config.flush_events * C.ISSUE.size
         self.dropped = 0
-        self.inflight: list = []  # issue events still waiting for their completion
+        self.inflight = NO_ISSUES  # issue records still waiting for their completion
         self.pending_poll: collections.deque = collections.deque()  # filled by the hot path
         self._polled: list = []  # the writer's own list of works it polls
         self.groups: dict[str, C.GroupInfo] = {}
@@ -401,7 +406,7 @@ class Session:
                 # nobody waits on costs a poll every POLL_MAX_S, not a busy thread).
                 fresh = bool(self.pending_poll)
                 poll_s = POLL_MIN_S if self._poll_works() or fresh else min(poll_s * 2, POLL_MAX_S)
-            if time.monotonic() >= next_flush or len(self.buffer) >= self.config.flush_events:
+            if time.monotonic() >= next_flush or len(self.buffer) >= self.flush_bytes:
                 self.flush()
                 next_flush = time.monotonic() + flush_s
                 self._watchdog()
@@ -410,7 +415,7 @@ class Session:
         """After COMMTRACE_HANG_DUMP_S without a completion while operations are in flight, write a
         snapshot of them (once per stall: the next needs a completion in between)."""
         limit = self.config.hang_dump_s
-        if limit <= 0 or not self.inflight:
+        if limit <= 0 or not len(self.inflight):
             self._stalled_since = None
             return
         completed = self._completions
@@ -435,10 +440,10 @@ class Session:
         try:
             with self._lock:
                 self.flush()
-                if not self.inflight:
+                if not len(self.inflight):
                     return
                 table, _ = build_segment(
-                    list(self.inflight), [], C.GROUPS, self.rank, wall_minus_mono(), self._dtype_cache, None
+                    self.inflight, NO_DONES, C.GROUPS, self.rank, wall_minus_mono(), self._dtype_cache, None
                 )
                 if table is not None:
                     self.writer.write(table, INFLIGHT_PREFIX)
@@ -472,7 +477,8 @@ class Session:
                 status = C.OK if work.is_success() else C.ERROR
             except Exception:
                 status = C.OK
-            self.done.append((rid, now, status, gpu_ns))
+            done = self.done
+            done += C.DONE.pack(rid, now, C.NULL64 if gpu_ns is None else gpu_ns, status)
         completed = len(still) < len(self._polled)
         self._polled = still
         return completed
@@ -490,10 +496,12 @@ class Session:
                     rows, self._probe_rows = self._probe_rows, []
                     self.writer.write(_arrow.table(rows, PROBE_SCHEMA), PROBE_PREFIX)
                 # Completions first: every completion drained has its issue already in the buffer.
-                dones = _drain(self.done)
+                dones = dones_from(_take(self.done))
                 self._completions += len(dones)
-                issues = self.inflight + _drain(self.buffer)
-                if not issues:
+                issues = issues_from(_take(self.buffer))
+                if len(self.inflight):
+                    issues = np.concatenate((self.inflight, issues))
+                if not len(issues):
                     return
                 write_before = None if final else time.monotonic_ns() - int(self.config.pending_s * 1e9)
                 table, carry = build_segment(
@@ -501,10 +509,10 @@ class Session:
                 )
                 if len(carry) > self.max_buffered:  # never hold more than the buffer's bound
                     table_old, carry = build_segment(
-                        carry, [], C.GROUPS, self.rank, wall_minus_mono(), self._dtype_cache, None
+                        carry, NO_DONES, C.GROUPS, self.rank, wall_minus_mono(), self._dtype_cache, None
                     )
                     self.writer.write(table_old)
-                    carry = []
+                    carry = NO_ISSUES
                 self.inflight = carry
                 if table is not None:
                     self.writer.write(table)
@@ -514,8 +522,8 @@ class Session:
         finally:
             self._flush_cpu_s += time.thread_time() - cpu0
 
-    def _note_groups(self, issues: list) -> None:
-        for index in {e[C.GROUP] for e in issues}:
+    def _note_groups(self, issues: np.ndarray) -> None:
+        for index in np.unique(issues["group"]).tolist():
             info = C.GROUPS[index]
             self.groups.setdefault(info.name, info)
 
@@ -529,7 +537,7 @@ class Session:
             _state.session = None
         self.buffer.clear()
         self.done.clear()
-        self.inflight = []
+        self.inflight = NO_ISSUES
 
     def before_destroy(self, group) -> None:
         if group is not None:
@@ -592,12 +600,17 @@ class Session:
                 warn_once("fail:meta", "could not write the rank's metadata: %r", exc)
 
 
-def _drain(queue: collections.deque) -> list:
-    out = []
-    pop = queue.popleft
-    while queue:
-        out.append(pop())
-    return out
+def _take(records: bytearray) -> bytes:
+    """Every record appended so far, removed from the front of the bytearray.
+
+    Each append is one C call, atomic under the GIL, so the length is always whole records; the copy
+    and the removal are two C calls more, and a record appended between them by another thread lands
+    after the first ``n`` bytes and stays for the next flush. Only the writer removes records.
+    """
+    n = len(records)
+    taken = bytes(records[:n])
+    del records[:n]
+    return taken
 
 
 PROBE_END_GATHER_S = 10.0  # at shutdown, how long the probe waits for every rank to arrive

@@ -26,6 +26,7 @@ from the backend's CUDA events (``Work._get_duration()``).
 from __future__ import annotations
 
 import functools
+import struct
 import threading
 import time
 
@@ -44,21 +45,61 @@ _mono = time.monotonic_ns
 _Work = torch._C._distributed_c10d.Work
 _native_wait = _Work.wait
 
-# The hot path appends immutable tuples of plain values (ints, strings, a dtype), which the garbage
-# collector stops tracking, so a full buffer costs no collection time. An operation is two events:
-# an issue (appended before the call, so hangs and crashes still show it) and a completion.
-ID, GROUP, SEQ, OP, T0, N_IN, N_OUT, DTYPE, PEER, ROOT, ASYNC, COAL, STEP, API, DEVICE = range(15)
-# Completion: (ID, T1, STATUS, GPU_NS)
+# An operation is two events: an issue (appended before the call, so hangs and crashes still show
+# it) and a completion. Each is one fixed-size binary record appended to a bytearray of the session
+# (``buffer`` and ``done``): one struct.pack and one in-place concatenation, both C calls and the
+# append atomic under the GIL, so any thread may record. The writer takes whole records from the
+# front and reads them as numpy columns without a Python step per event (writer.ISSUE_DTYPE). Names
+# (op, dtype, API) are small codes into the tables below; a null is NULL32, NULL64 or a code of -1.
+ISSUE = struct.Struct("<qqqqqqiiihhhBBB")
+"""id, t0 (monotonic ns), seq, n_in, n_out, step, group index, peer, root (group ranks), op, dtype,
+api, async, coalesced, device"""
+DONE = struct.Struct("<qqqB")
+"""id, t1 (monotonic ns), gpu_ns, status"""
+_issue = ISSUE.pack
+_done = DONE.pack
+NULL32, NULL64 = -(2**31), -(2**63)
+DEVICE_NONE, DEVICE_CPU, DEVICE_CUDA = 0, 1, 2
+DEVICE_NAMES = (None, "cpu", "cuda")
+OK, ERROR, IN_FLIGHT = 0, 1, 2
+STATUS_NAMES = ("ok", "error", "in_flight")
 
 GROUPS: list = []
 """Every GroupInfo of this process, by index (issue events carry the index)."""
 
-OK, ERROR, IN_FLIGHT = "ok", "error", "in_flight"
+
+class Names:
+    """Values recorded as small integer codes, numbered in order of first sight; ``names[code]``."""
+
+    def __init__(self) -> None:
+        self.codes: dict = {}
+        self.names: list = []
+        self._lock = threading.Lock()
+
+    def code(self, value) -> int:
+        found = self.codes.get(value)
+        if found is None:
+            with self._lock:  # any thread may meet a new dtype
+                found = self.codes.get(value)
+                if found is None:
+                    found = len(self.names)
+                    self.names.append(value)
+                    self.codes[value] = found
+        return found
+
+
+OPS = Names()
+"""op names (all_reduce, send ...), coded when their override is made."""
+APIS = Names()
+"""torch.distributed API names that label operations (install.py's annotations)."""
+DTYPES = Names()
+"""torch dtypes, coded at their first operation."""
+_dtype_codes = DTYPES.codes
 
 P2P_OPS = frozenset({"send", "recv", "recv_anysource"})
 WAIT_TWICE_BACKENDS = frozenset({"gloo", "fake"})
 # Python APIs that wait for their point-to-point operation before returning.
-SYNC_P2P_APIS = frozenset({"send", "recv"})
+SYNC_P2P_APIS = frozenset({APIS.code("send"), APIS.code("recv")})
 
 
 class GroupInfo:
@@ -155,12 +196,13 @@ def _complete(session, rid: int, fut) -> None:
     now = _mono()
     if _get_ident() not in _kept_thread_states:
         _keep_thread_state()
+    done = session.done
     try:
         fut.value()
     except Exception:
-        session.done.append((rid, now, ERROR, None))
+        done += _done(rid, now, NULL64, ERROR)
     else:
-        session.done.append((rid, now, OK, None))
+        done += _done(rid, now, NULL64, OK)
 
 
 # A future callback runs on the thread that completes the work, a C++ thread that Python does not know.
@@ -194,8 +236,9 @@ def _keep_thread_state() -> None:
 def _record(pg, fn, op, args, kwargs, n_in, n_out, tensor, peer, root, opts):
     """Record one collective around ``fn(twin, *args, **kwargs)``: the recorder's hot path.
 
-    Every line here is paid on every collective call (benchmarks/recorder_overhead.py measures it):
-    values are read once into locals, and nothing allocates but the two event tuples.
+    ``op`` is the op's code (OPS); ``peer`` and ``root`` are group ranks or NULL32. Every line here
+    is paid on every collective call (benchmarks/recorder_overhead.py measures it): values are read
+    once into locals, and nothing allocates but the two packed records.
     """
     try:
         s = _state.session
@@ -204,34 +247,34 @@ def _record(pg, fn, op, args, kwargs, n_in, n_out, tensor, peer, root, opts):
         info.seq = seq + 1
         is_async = True if opts is None else getattr(opts, "asyncOp", True)
         if tensor is None:
-            dtype = device = None
+            dtype, device = -1, DEVICE_NONE
         else:
-            dtype = tensor.dtype
-            device = "cuda" if tensor.is_cuda else "cpu"
+            dtype = _dtype_codes.get(tensor.dtype)
+            if dtype is None:
+                dtype = DTYPES.code(tensor.dtype)
+            device = DEVICE_CUDA if tensor.is_cuda else DEVICE_CPU
         buf = s.buffer
         n = len(buf)
-        if n < s.max_buffered:
+        if n < s.max_bytes:
             rid = next(s.ids)
-            buf.append(
-                (
-                    rid,
-                    info.index,
-                    seq,
-                    op,
-                    _mono(),
-                    n_in,
-                    n_out,
-                    dtype,
-                    peer,
-                    root,
-                    is_async,
-                    info.coalescing,
-                    _state.step,
-                    _state.tls.__dict__.get("api") if _state.api_depth else None,
-                    device,
-                )
+            buf += _issue(
+                rid,
+                _mono(),
+                seq,
+                n_in,
+                n_out,
+                _state.step_code,
+                info.index,
+                peer,
+                root,
+                op,
+                dtype,
+                _state.tls.__dict__.get("api", -1) if _state.api_depth else -1,
+                is_async,
+                info.coalescing,
+                device,
             )
-            if n == s.flush_events:
+            if n == s.flush_bytes:
                 s.wake()
         else:
             s.dropped += 1
@@ -244,21 +287,23 @@ def _record(pg, fn, op, args, kwargs, n_in, n_out, tensor, peer, root, opts):
         work = fn(twin, *args, **kwargs)
     except BaseException:
         if rid is not None:
-            s.done.append((rid, _mono(), ERROR, None))
+            done = s.done
+            done += _done(rid, _mono(), NULL64, ERROR)
         raise
     if rid is None:
         return work
-    if work is not None and not is_async and device != "cuda" and info.wait_inside:
+    if work is not None and not is_async and device != DEVICE_CUDA and info.wait_inside:
         # The common case, inline: the caller waits right after we return, so waiting here first is
         # free and exact (gloo collective works may be waited on twice; its send/recv works may not).
+        done = s.done
         try:
             _native_wait(work)
         except Exception:
-            s.done.append((rid, _mono(), ERROR, None))
+            done += _done(rid, _mono(), NULL64, ERROR)
         else:
-            s.done.append((rid, _mono(), OK, None))
+            done += _done(rid, _mono(), NULL64, OK)
     else:
-        if device == "cuda" and not info.timing_enabled:
+        if device == DEVICE_CUDA and not info.timing_enabled:
             s.enable_cuda_timing(pg, info)
         _end(s, rid, work, device)
     return work
@@ -272,31 +317,33 @@ def _record_p2p(pg, fn, op, args, kwargs, tensors, peer):
         key = (op, -1 if peer is None else peer)
         seq = info.p2p.get(key, 0)
         info.p2p[key] = seq + 1
-        api = _state.tls.__dict__.get("api") if _state.api_depth else None
+        api = _state.tls.__dict__.get("api", -1) if _state.api_depth else -1
         n = _numel(tensors)
         tensor = _first_tensor(tensors)
-        device = None if tensor is None else ("cuda" if tensor.is_cuda else "cpu")
+        if tensor is None:
+            dtype, device = -1, DEVICE_NONE
+        else:
+            dtype = DTYPES.code(tensor.dtype)
+            device = DEVICE_CUDA if tensor.is_cuda else DEVICE_CPU
         buf = s.buffer
-        if len(buf) < s.max_buffered:
+        if len(buf) < s.max_bytes:
             rid = next(s.ids)
-            buf.append(
-                (
-                    rid,
-                    info.index,
-                    seq,
-                    op,
-                    _mono(),
-                    n,
-                    n,
-                    None if tensor is None else tensor.dtype,
-                    peer,
-                    None,
-                    api not in SYNC_P2P_APIS,
-                    info.coalescing,
-                    _state.step,
-                    api,
-                    device,
-                )
+            buf += _issue(
+                rid,
+                _mono(),
+                seq,
+                n,
+                n,
+                _state.step_code,
+                info.index,
+                NULL32 if peer is None else peer,
+                NULL32,
+                op,
+                dtype,
+                api,
+                api not in SYNC_P2P_APIS,
+                info.coalescing,
+                device,
             )
         else:
             s.dropped += 1
@@ -308,12 +355,13 @@ def _record_p2p(pg, fn, op, args, kwargs, tensors, peer):
         work = fn(pg._ct_shadow or _twin(pg), *args, **kwargs)
     except BaseException:
         if rid is not None:
-            s.done.append((rid, _mono(), ERROR, None))
+            done = s.done
+            done += _done(rid, _mono(), NULL64, ERROR)
         raise
     if rid is None or work is None:
         return work
     try:
-        if device == "cuda":
+        if device == DEVICE_CUDA:
             if not info.timing_enabled:
                 s.enable_cuda_timing(pg, info)
             s.pending_poll.append((rid, work, True))
@@ -325,7 +373,7 @@ def _record_p2p(pg, fn, op, args, kwargs, tensors, peer):
                 if wait_hook is not None and _Work.wait is not wait_hook:
                     _Work.wait = wait_hook
     except Exception as exc:
-        warn_once("capture:p2p", "could not follow completion of %s: %r", op, exc)
+        warn_once("capture:p2p", "could not follow completion of %s: %r", OPS.names[op], exc)
     return work
 
 
@@ -349,12 +397,13 @@ def make_wait_hook(original_wait):
         if entry is None:
             return original_wait(self, *args, **kwargs)
         session, rid = entry
+        done = session.done
         try:
             result = original_wait(self, *args, **kwargs)
         except BaseException:
-            session.done.append((rid, _mono(), ERROR, None))
+            done += _done(rid, _mono(), NULL64, ERROR)
             raise
-        session.done.append((rid, _mono(), OK, None))
+        done += _done(rid, _mono(), NULL64, OK)
         return result
 
     wait.__wrapped__ = original_wait
@@ -365,8 +414,9 @@ def _end(s, rid: int, work, device) -> None:
     """Arrange for the completion event of a collective (all but the inline gloo case of _record)."""
     try:
         if work is None:
-            s.done.append((rid, _mono(), OK, None))
-        elif device == "cuda":
+            done = s.done
+            done += _done(rid, _mono(), NULL64, OK)
+        elif device == DEVICE_CUDA:
             # CUDA work completes on the device: polled off the hot path, timed by CUDA events.
             s.pending_poll.append((rid, work, True))
         else:
@@ -436,7 +486,7 @@ def _sizer(kind: str, first: str, second: str | None, opts_at: int):
             else:
                 output, input = _two(args, kwargs, first, second)
                 opts = kwargs.get("opts")
-            return input.numel(), output.numel(), input, None, None, opts
+            return input.numel(), output.numel(), input, NULL32, NULL32, opts
 
         return size_pair
 
@@ -450,8 +500,8 @@ def _sizer(kind: str, first: str, second: str | None, opts_at: int):
             n_in, n_out = _numel(inputs), _numel(outputs)
             x = _first_tensor(outputs if kind.endswith("out") else inputs)
         if kind.startswith("rooted"):
-            return n_in, n_out, x, None, _root(opts), None if isinstance(opts, int) else opts
-        return n_in, n_out, x, None, None, opts
+            return n_in, n_out, x, NULL32, _root(opts), None if isinstance(opts, int) else opts
+        return n_in, n_out, x, NULL32, NULL32, opts
 
     return size
 
@@ -460,6 +510,7 @@ def _collective(name: str, op: str, kind: str, first: str, second: str | None, o
     """A recording override of ``ProcessGroup.<name>`` for one collective (see RecordingProcessGroup)."""
     base = getattr(_PG, name)
     size = _sizer(kind, first, second, opts_at)
+    code = OPS.code(op)
 
     def method(self, *args, **kwargs):
         if _state.session is not None:
@@ -468,7 +519,7 @@ def _collective(name: str, op: str, kind: str, first: str, second: str | None, o
             except Exception as exc:
                 _unparsed(name, exc)
             else:
-                return _record(self, base, op, args, kwargs, *sized)
+                return _record(self, base, code, args, kwargs, *sized)
         return base(self._ct_shadow or _twin(self), *args, **kwargs)
 
     method.__name__ = method.__qualname__ = name
@@ -479,6 +530,7 @@ def _collective(name: str, op: str, kind: str, first: str, second: str | None, o
 def _point_to_point(name: str, op: str, peer_key: str | None):
     """A recording override of ``ProcessGroup.<name>`` for send, recv or recv_anysource."""
     base = getattr(_PG, name)
+    code = OPS.code(op)
 
     def method(self, *args, **kwargs):
         if _state.session is not None:
@@ -488,12 +540,17 @@ def _point_to_point(name: str, op: str, peer_key: str | None):
             except Exception as exc:
                 _unparsed(name, exc)
             else:
-                return _record_p2p(self, base, op, args, kwargs, tensors, peer)
+                return _record_p2p(self, base, code, args, kwargs, tensors, peer)
         return base(self._ct_shadow or _twin(self), *args, **kwargs)
 
     method.__name__ = method.__qualname__ = name
     method.__doc__ = f"Record ``{op}`` and run it on the group's twin."
     return method
+
+
+_ALL_REDUCE = OPS.code("all_reduce")
+_BARRIER = OPS.code("barrier")
+_MONITORED_BARRIER = OPS.code("monitored_barrier")
 
 
 class RecordingProcessGroup(_PG):
@@ -542,7 +599,7 @@ class RecordingProcessGroup(_PG):
             except Exception as exc:
                 _unparsed("allreduce", exc)
             else:
-                return _record(self, _PG.allreduce, "all_reduce", args, kwargs, n, n, x, None, None, opts)
+                return _record(self, _PG.allreduce, _ALL_REDUCE, args, kwargs, n, n, x, NULL32, NULL32, opts)
         return _twin(self).allreduce(*args, **kwargs)
 
     # The other collectives, sized by _sizer (see the table there).
@@ -571,17 +628,17 @@ class RecordingProcessGroup(_PG):
         if _state.session is not None:
             try:
                 opts = _opts(args, 0, kwargs)
-                sized = (0, 0, None, None, None, opts if isinstance(opts, dist.BarrierOptions) else None)
+                sized = (0, 0, None, NULL32, NULL32, opts if isinstance(opts, dist.BarrierOptions) else None)
             except Exception as exc:
                 _unparsed("barrier", exc)
             else:
-                return _record(self, _PG.barrier, "barrier", args, kwargs, *sized)
+                return _record(self, _PG.barrier, _BARRIER, args, kwargs, *sized)
         return _twin(self).barrier(*args, **kwargs)
 
     def monitored_barrier(self, *args, **kwargs):
         if _state.session is not None:
             return _record(
-                self, _PG.monitored_barrier, "monitored_barrier", args, kwargs, 0, 0, None, None, None, _SYNC
+                self, _PG.monitored_barrier, _MONITORED_BARRIER, args, kwargs, 0, 0, None, NULL32, NULL32, _SYNC
             )
         return _twin(self).monitored_barrier(*args, **kwargs)
 

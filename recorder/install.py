@@ -173,15 +173,16 @@ def _safe_pgs():
 class _label:
     """Marks the operations issued inside with the API name that issued them."""
 
-    __slots__ = ("name", "previous")
+    __slots__ = ("name", "code", "previous")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.code = capture.APIS.code(name)
 
     def __enter__(self):
         self.previous = _state.tls.__dict__.get("api")
         if self.previous is None:
-            _state.tls.api = self.name
+            _state.tls.api = self.code
         _state.api_depth += 1
         return self
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import time
-from operator import itemgetter
 
 import numpy as np
 import pyarrow as pa
@@ -46,9 +45,44 @@ def _write_parquet(table: pa.Table, path: str) -> None:
         writer.add_key_value_metadata(metadata)
 
 
+# The records of recorder.capture (ISSUE, DONE) as numpy rows: the writer reads a flush's worth of
+# them as columns in place, with no Python step per event.
+ISSUE_DTYPE = np.dtype(
+    [
+        ("id", "<i8"),
+        ("t0", "<i8"),
+        ("seq", "<i8"),
+        ("n_in", "<i8"),
+        ("n_out", "<i8"),
+        ("step", "<i8"),
+        ("group", "<i4"),
+        ("peer", "<i4"),
+        ("root", "<i4"),
+        ("op", "<i2"),
+        ("dtype", "<i2"),
+        ("api", "<i2"),
+        ("async", "u1"),
+        ("coalesced", "u1"),
+        ("device", "u1"),
+    ]
+)
+DONE_DTYPE = np.dtype([("id", "<i8"), ("t1", "<i8"), ("gpu_ns", "<i8"), ("status", "u1")])
+assert ISSUE_DTYPE.itemsize == C.ISSUE.size and DONE_DTYPE.itemsize == C.DONE.size
+NO_ISSUES = np.empty(0, dtype=ISSUE_DTYPE)
+NO_DONES = np.empty(0, dtype=DONE_DTYPE)
+
+
+def issues_from(data) -> np.ndarray:
+    """Packed issue records (bytes-like) as rows of ISSUE_DTYPE."""
+    return np.frombuffer(data, dtype=ISSUE_DTYPE) if len(data) else NO_ISSUES
+
+
+def dones_from(data) -> np.ndarray:
+    """Packed completion records (bytes-like) as rows of DONE_DTYPE."""
+    return np.frombuffer(data, dtype=DONE_DTYPE) if len(data) else NO_DONES
+
+
 def _dtype_info(dtype, cache: dict) -> tuple[str | None, int]:
-    if dtype is None:
-        return None, 0
     found = cache.get(dtype)
     if found is None:
         name = str(dtype).replace("torch.", "")
@@ -61,110 +95,118 @@ def _dtype_info(dtype, cache: dict) -> tuple[str | None, int]:
     return found
 
 
-def _column(events: list, index: int) -> list:
-    # One C-level pass per column (zip(*events) is several times slower on long lists).
-    return list(map(itemgetter(index), events))
-
-
-def _int64(column: list) -> np.ndarray:
-    return np.fromiter(column, dtype=np.int64, count=len(column))
+def _names(codes: np.ndarray, names) -> pa.DictionaryArray:
+    """dictionary<int32, string> of ``names[codes]`` holding only the names used; a negative code or
+    a None name is a null."""
+    codes = codes.astype(np.intp)
+    used = np.unique(codes)
+    used = used[used >= 0]
+    if len(used) == 0:
+        return _arrow.dictionary(np.full(len(codes), -1, dtype=np.int32), [])
+    remap = np.full(int(used[-1]) + 2, -1, dtype=np.int32)  # the last entry answers the -1 codes
+    remap[used] = np.arange(len(used), dtype=np.int32)
+    return _arrow.dictionary(remap[codes], [names[i] for i in used])
 
 
 def build_segment(
-    issues: list,
-    dones: list,
+    issues: np.ndarray,
+    dones: np.ndarray,
     groups: list,
     rank: int,
     wall_minus_mono: int,
     dtype_cache: dict,
     write_before_mono: int | None,
-) -> tuple[pa.Table | None, list]:
-    """Join issue and completion events into rows of COLLECTIVE_SCHEMA.
+) -> tuple[pa.Table | None, np.ndarray]:
+    """Join issue and completion records (rows of ISSUE_DTYPE and DONE_DTYPE) into rows of
+    COLLECTIVE_SCHEMA.
 
     Returns the table of rows to write (finished operations, and unfinished ones issued before
-    ``write_before_mono``, written as in flight; None if there are none) and the issue events still
-    waiting for their completion. Column-wise in numpy, one C-level pass per field: the writer
-    shares the GIL with training, so it spends as little Python time per event as it can. The Arrow
-    arrays are made from their buffers (see recorder._arrow: no pandas import).
+    ``write_before_mono``, written as in flight; None if there are none) and the issue records still
+    waiting for their completion. Column-wise in numpy throughout: the writer shares the GIL with
+    training, so it spends no Python time per event. The Arrow arrays are made from their buffers
+    (see recorder._arrow: no pandas import).
     """
-    if not issues:
-        return None, []
+    if len(issues) == 0:
+        return None, NO_ISSUES
     n = len(issues)
-    t0 = _int64(_column(issues, C.T0))
+    t0 = issues["t0"]
     t1 = np.zeros(n, dtype=np.int64)
     ended = np.zeros(n, dtype=bool)
-    status = np.full(n, _STATUS_CODES[C.IN_FLIGHT], dtype=np.int32)  # until a completion says otherwise
+    status = np.full(n, C.IN_FLIGHT, dtype=np.int32)  # until a completion says otherwise
     gpu_ns, gpu_valid = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
-    if dones:
-        ids = _int64(_column(issues, C.ID))
-        done_ids = _int64(_column(dones, 0))
+    if len(dones):
+        ids = issues["id"]
+        done_ids = dones["id"]
         order = np.argsort(done_ids, kind="stable")  # equal ids: the first completion recorded wins
         at = np.minimum(np.searchsorted(done_ids[order], ids), len(order) - 1)
         source = order[at]
         ended = done_ids[source] == ids
-        t1 = np.where(ended, _int64(_column(dones, 1))[source], 0)
-        statuses = map(_STATUS_CODES.__getitem__, _column(dones, 2))
-        done_status = np.fromiter(statuses, dtype=np.int32, count=len(dones))
-        status = np.where(ended, done_status[source], status)
-        values, valid = _arrow.nullable(_column(dones, 3), np.int64)
-        gpu_valid = ended & (valid[source] if valid is not None else True)
-        gpu_ns = np.where(gpu_valid, values[source], 0)
+        t1 = np.where(ended, dones["t1"][source], 0)
+        status = np.where(ended, dones["status"][source].astype(np.int32), status)
+        found_gpu = dones["gpu_ns"][source]
+        gpu_valid = ended & (found_gpu != C.NULL64)
+        gpu_ns = np.where(gpu_valid, found_gpu, 0)
     keep = np.ones(n, dtype=bool) if write_before_mono is None else ended | (t0 < write_before_mono)
-    carry = [issues[i] for i in np.flatnonzero(~keep)]
+    carry = issues[~keep]
     if not keep.any():
         return None, carry
     if not keep.all():
-        issues = [issues[i] for i in np.flatnonzero(keep)]
+        issues = issues[keep]
         t0, t1, ended, status, gpu_ns, gpu_valid = (a[keep] for a in (t0, t1, ended, status, gpu_ns, gpu_valid))
     n = len(issues)
-    group_codes = np.fromiter(_column(issues, C.GROUP), dtype=np.int32, count=n)
+    group_codes = issues["group"].astype(np.intp)
     infos = list(groups)
-    dtype_codes = _arrow.Codes()
-    dtype_index = np.fromiter(map(dtype_codes.__getitem__, _column(issues, C.DTYPE)), dtype=np.int32, count=n)
-    dtype_names, itemsizes = zip(*(_dtype_info(d, dtype_cache) for d in dtype_codes), strict=True)
-    itemsize = np.array(itemsizes, dtype=np.int64)[dtype_index]
-    n_in, n_out = _int64(_column(issues, C.N_IN)), _int64(_column(issues, C.N_OUT))
+    dtype_codes = issues["dtype"].astype(np.intp)
+    dtypes = list(C.DTYPES.names)
+    dtype_names, itemsizes = zip(*(_dtype_info(d, dtype_cache) for d in dtypes), strict=True) if dtypes else ((), ())
+    itemsize = np.array([*itemsizes, 0], dtype=np.int64)[dtype_codes]  # code -1 (no tensor): 0 bytes
+    n_in, n_out = issues["n_in"], issues["n_out"]
 
-    def to_global(column: list) -> pa.Array:
-        if column.count(None) == len(column):  # no peer or root in this segment: C speed, no generator
-            return pa.nulls(len(column), pa.int32())
-        codes = group_codes.tolist()
-        ranks = [None if r is None else infos[g].global_rank(r) for g, r in zip(codes, column, strict=True)]
-        return _arrow.numeric(ranks, pa.int32())
+    def to_global(column: np.ndarray) -> pa.Array:
+        """Group ranks (NULL32: none) as global ranks, through each group's rank list."""
+        valid = column != C.NULL32
+        if not valid.any():
+            return pa.nulls(n, pa.int32())
+        out = np.where(valid, column, -1).astype(np.int64)
+        for g in np.unique(group_codes[valid]):
+            rows = valid & (group_codes == g)
+            ranks = np.array(infos[g].ranks, dtype=np.int64)
+            r = out[rows]
+            inside = (r >= 0) & (r < len(ranks))
+            out[rows] = np.where(inside, ranks[np.clip(r, 0, max(len(ranks) - 1, 0))] if len(ranks) else r, r)
+        valid &= out >= 0
+        return _arrow.from_numpy(np.where(valid, out, 0), pa.int32(), valid)
 
     def per_group(values: list) -> pa.DictionaryArray:
-        return _arrow.dictionary(group_codes, values)
+        return _names(group_codes, values)
 
+    step = issues["step"]
     arrays = {
         "rank": _arrow.from_numpy(np.full(n, rank, dtype=np.int32), pa.int32()),
         "pg": per_group([i.name for i in infos]),
         "pg_desc": per_group([i.desc for i in infos]),
         "pg_size": _arrow.from_numpy(np.array([i.size for i in infos], dtype=np.int32)[group_codes], pa.int32()),
-        "seq": _arrow.from_numpy(_int64(_column(issues, C.SEQ)), pa.int64()),
-        "op": _arrow.encode(_column(issues, C.OP)),
+        "seq": _arrow.from_numpy(issues["seq"], pa.int64()),
+        "op": _names(issues["op"], C.OPS.names),
         "count": _arrow.from_numpy(n_in, pa.int64()),
         "bytes_in": _arrow.from_numpy(n_in * itemsize, pa.int64()),
         "bytes_out": _arrow.from_numpy(n_out * itemsize, pa.int64()),
-        "dtype": _arrow.dictionary(dtype_index, list(dtype_names)),
-        "peer": to_global(_column(issues, C.PEER)),
-        "root": to_global(_column(issues, C.ROOT)),
+        "dtype": _names(dtype_codes, dtype_names),
+        "peer": to_global(issues["peer"]),
+        "root": to_global(issues["root"]),
         "t_start_ns": _arrow.from_numpy(t0 + wall_minus_mono, pa.int64()),
         "t_end_ns": _arrow.from_numpy(t1 + wall_minus_mono, pa.int64(), ended),
         "gpu_duration_ns": _arrow.from_numpy(gpu_ns, pa.int64(), gpu_valid),
-        "status": _arrow.dictionary(status, list(_STATUS_CODES)),
-        "async_op": _arrow.from_numpy(np.fromiter(_column(issues, C.ASYNC), dtype=bool, count=n), pa.bool_()),
-        "coalesced": _arrow.from_numpy(np.fromiter(_column(issues, C.COAL), dtype=bool, count=n), pa.bool_()),
-        "api": _arrow.encode(_column(issues, C.API)),
+        "status": _names(status, C.STATUS_NAMES),
+        "async_op": _arrow.from_numpy(issues["async"], pa.bool_()),
+        "coalesced": _arrow.from_numpy(issues["coalesced"], pa.bool_()),
+        "api": _names(issues["api"], C.APIS.names),
         "backend": per_group([i.backend for i in infos]),
-        "device": _arrow.encode(_column(issues, C.DEVICE)),
-        "step": _arrow.numeric(_column(issues, C.STEP), pa.int64()),
+        "device": _names(issues["device"], C.DEVICE_NAMES),
+        "step": _arrow.from_numpy(step, pa.int64(), step != C.NULL64),
     }
     table = pa.Table.from_arrays([arrays[f.name] for f in COLLECTIVE_SCHEMA], schema=COLLECTIVE_SCHEMA)
     return table, carry
-
-
-# Status codes of completion events; an operation without one is in flight.
-_STATUS_CODES = _arrow.Codes({C.OK: 0, C.ERROR: 1, C.IN_FLIGHT: 2})
 
 
 class SegmentWriter:
