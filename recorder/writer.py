@@ -99,8 +99,7 @@ def _names(codes: np.ndarray, names) -> pa.DictionaryArray:
     """dictionary<int32, string> of ``names[codes]`` holding only the names used; a negative code or
     a None name is a null."""
     codes = codes.astype(np.intp)
-    used = np.unique(codes)
-    used = used[used >= 0]
+    used = np.flatnonzero(np.bincount(codes + 1, minlength=1)[1:])  # codes are small: a count beats a sort
     if len(used) == 0:
         return _arrow.dictionary(np.full(len(codes), -1, dtype=np.int32), [])
     remap = np.full(int(used[-1]) + 2, -1, dtype=np.int32)  # the last entry answers the -1 codes
