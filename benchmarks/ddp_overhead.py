@@ -1,4 +1,4 @@
-"""A real gloo DDP training loop, 2 ranks, with recording on and off, paired: the slowdown users would see.
+"""A real gloo DDP training loop (2 ranks) with recording on and off, paired: the slowdown users would see.
 
 With ``--in-process CHUNKS``, one recorded job switches recording on and off from one step to the
 next (on, off, off, on, ...), for ``CHUNKS`` chunks of ``--steps`` steps; each chunk gives one
@@ -7,14 +7,18 @@ and warm caches, and a slow second of the machine hits both sides alike, so this
 percent that separate jobs cannot. What it cannot see is the cost of the recorder's threads (the
 writer's flush, the sampler), which are alive in both halves and land on either.
 
-Otherwise each run is a fresh ``torchrun`` job (2 ranks, one thread each) that trains a small MLP with
+Otherwise each run is a fresh ``torchrun`` job (``--ranks``, one thread each) that trains a small MLP with
 DistributedDataParallel and times ``--steps`` steps after a warm-up, between barriers. Runs alternate
 off/on/on/off... so that drift in the machine's speed hits both sides alike; each adjacent off/on
 pair gives one slowdown figure. Prints one JSON line: step time with and without recording and the
 slowdown in % (min/median/max over pairs), and the events recorded per step.
 
     python benchmarks/ddp_overhead.py [--pairs 6] [--steps 1500]
-    python benchmarks/ddp_overhead.py --in-process 8 --steps 1000
+    python benchmarks/ddp_overhead.py --in-process 8 --steps 1000 [--ranks 1]
+
+``--ranks 1`` runs the same loop as a one-rank job, which leaves the machine's second core to the
+gloo threads and the recorder's: it tells a cost of the recorder's own work from a cost of two ranks
+fighting for two cores.
 """
 
 from __future__ import annotations
@@ -102,13 +106,14 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def _job(trace_dir: str | None, out: str, steps: int, warmup: int, *extra: str) -> dict:
-    """One 2-rank torchrun job of the worker (recorded into ``trace_dir`` if given); its result."""
+def _job(trace_dir: str | None, out: str, steps: int, warmup: int, *extra: str, ranks: int = 2) -> dict:
+    """One torchrun job of the worker (recorded into ``trace_dir`` if given); its result."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     env.pop("COMMTRACE_DIR", None)
     if trace_dir is not None:
         env["COMMTRACE_DIR"] = trace_dir
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _free_port()]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks)]
+    command += ["--master-port", _free_port()]
     command += [os.path.abspath(__file__), "--worker", "--steps", str(steps), "--warmup", str(warmup), "--out", out]
     proc = subprocess.run([*command, *extra], env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
@@ -135,6 +140,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument(
+        "--ranks", type=int, default=2, help="ranks of the job (1 leaves this machine's second core idle)"
+    )
+    parser.add_argument(
         "--in-process",
         type=int,
         default=0,
@@ -151,12 +159,23 @@ def main() -> None:
         if args.in_process:
             extra = ("--in-process", str(args.in_process))
             result = _job(
-                os.path.join(tmp, "traces"), os.path.join(tmp, "result.json"), args.steps, args.warmup, *extra
+                os.path.join(tmp, "traces"),
+                os.path.join(tmp, "result.json"),
+                args.steps,
+                args.warmup,
+                *extra,
+                ranks=args.ranks,
             )
             assert result["recording"], "the job was not recorded"
             print(
                 json.dumps(
-                    {"mode": "in_process", **_summary(result["pairs"]), "chunks": args.in_process, "steps": args.steps}
+                    {
+                        "mode": "in_process",
+                        **_summary(result["pairs"]),
+                        "chunks": args.in_process,
+                        "steps": args.steps,
+                        "ranks": args.ranks,
+                    }
                 )
             )
             return
@@ -166,13 +185,15 @@ def main() -> None:
             for record in (False, True) if pair % 2 == 0 else (True, False):
                 k = 2 * pair + record
                 trace_dir = os.path.join(tmp, f"traces-{k}") if record else None
-                result = _job(trace_dir, os.path.join(tmp, f"result-{k}.json"), args.steps, args.warmup)
+                result = _job(
+                    trace_dir, os.path.join(tmp, f"result-{k}.json"), args.steps, args.warmup, ranks=args.ranks
+                )
                 times[record] = result["seconds"] / args.steps
             pairs.append((times[False], times[True]))
         events, size = trace_footprint(tmp)
     per_step = events / args.pairs / 2 / (args.steps + args.warmup)
     extra = {"events_per_step_per_rank": round(per_step, 2), "bytes_per_event": round(size / max(events, 1), 2)}
-    print(json.dumps({**_summary(pairs), **extra, "pairs": args.pairs, "steps": args.steps}))
+    print(json.dumps({**_summary(pairs), **extra, "pairs": args.pairs, "steps": args.steps, "ranks": args.ranks}))
 
 
 if __name__ == "__main__":

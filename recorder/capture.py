@@ -183,6 +183,16 @@ def _first_tensor(x):
     return None
 
 
+def _describe(tensor) -> tuple[int, int]:
+    """(dtype code, device code) of a tensor or None; _record inlines the same."""
+    if tensor is None:
+        return -1, DEVICE_NONE
+    dtype = _dtype_codes.get(tensor.dtype)
+    if dtype is None:
+        dtype = DTYPES.code(tensor.dtype)
+    return dtype, DEVICE_CUDA if tensor.is_cuda else DEVICE_CPU
+
+
 def _info(pg, ranks: list[int] | None = None) -> GroupInfo:
     info = pg.__dict__.get("_ct_info")
     if info is None:
@@ -319,12 +329,7 @@ def _record_p2p(pg, fn, op, args, kwargs, tensors, peer):
         info.p2p[key] = seq + 1
         api = _state.tls.__dict__.get("api", -1) if _state.api_depth else -1
         n = _numel(tensors)
-        tensor = _first_tensor(tensors)
-        if tensor is None:
-            dtype, device = -1, DEVICE_NONE
-        else:
-            dtype = DTYPES.code(tensor.dtype)
-            device = DEVICE_CUDA if tensor.is_cuda else DEVICE_CPU
+        dtype, device = _describe(_first_tensor(tensors))
         buf = s.buffer
         if len(buf) < s.max_bytes:
             rid = next(s.ids)

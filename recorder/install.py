@@ -105,7 +105,7 @@ def _wrap_batch(original):
     def batch_isend_irecv(p2p_op_list):
         if _state.session is None:
             return original(p2p_op_list)
-        with _label("batch_isend_irecv"):
+        with _label(_BATCH_API):
             group, device = _nccl_style_coalescing(p2p_op_list)
             if group is None:
                 return original(p2p_op_list)
@@ -173,11 +173,10 @@ def _safe_pgs():
 class _label:
     """Marks the operations issued inside with the API name that issued them."""
 
-    __slots__ = ("name", "code", "previous")
+    __slots__ = ("code", "previous")
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.code = capture.APIS.code(name)
+    def __init__(self, code: int) -> None:
+        self.code = code  # the API's name, as capture.APIS codes it
 
     def __enter__(self):
         self.previous = _state.tls.__dict__.get("api")
@@ -192,12 +191,17 @@ class _label:
         return False
 
 
+_BATCH_API = capture.APIS.code("batch_isend_irecv")
+
+
 def _wrap_label(name, original):
+    code = capture.APIS.code(name)
+
     @functools.wraps(original)
     def labelled(*args, **kwargs):
         if _state.session is None:
             return original(*args, **kwargs)
-        with _label(name):
+        with _label(code):
             return original(*args, **kwargs)
 
     return labelled
