@@ -29,12 +29,15 @@ import numpy as np
 import pyarrow as pa
 
 from recorder import _arrow
-from recorder._log import warn_once
+from recorder._log import info, warn_once
 from recorder.schema import SAMPLE_SCHEMA, SAMPLES_PREFIX, safe_name
 from recorder.sources import PARSE_ERRORS, host_sources
 from recorder.writer import SegmentWriter, wall_minus_mono
 
 RETRY_ELECTION_S = 5.0
+STALE_ELECTION_S = 3600.0
+"""Election files of a run whose processes all died without closing (kill -9, the OOM killer) are
+removed by a later run's sampler once they are this old."""
 
 
 def network_namespace_id() -> str:
@@ -74,6 +77,23 @@ class Election:
         self.fd = fd
         return True
 
+    def sweep_stale(self) -> int:
+        """Remove the election files that runs on this host and network namespace left behind when
+        their processes were killed before they could close: the lock is free, no process listed in
+        the pid file is alive, and neither file changed for STALE_ELECTION_S. Run once by an elected
+        sampler; returns how many runs' files it removed."""
+        directory = os.path.dirname(self.path)
+        tail = f"-{network_namespace_id()}"
+        stems = set()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                for ext in (".lock", ".pids"):
+                    if entry.name.startswith("commtrace-") and entry.name.endswith(tail + ext):
+                        stems.add(os.path.join(directory, entry.name[: -len(ext)]))
+        stems.discard(self.path[: -len(".lock")])
+        now = time.time()
+        return sum(_remove_if_stale(stem, now) for stem in sorted(stems))
+
     def release(self) -> None:
         if self.fd is not None:
             try:
@@ -86,6 +106,51 @@ class Election:
                 os.close(self.fd)
             finally:
                 self.fd = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True
+
+
+def _remove_if_stale(stem: str, now: float) -> bool:
+    lock, pids = stem + ".lock", stem + ".pids"
+    for path in (lock, pids):
+        try:
+            if now - os.stat(path).st_mtime < STALE_ELECTION_S:
+                return False
+        except FileNotFoundError:
+            pass
+    try:
+        with open(pids) as fh:
+            if any(_alive(int(line)) for line in fh if line.strip().isdigit()):
+                return False
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # a sampler of that run holds it after all
+                return False
+        for path in (pids, lock):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        return True
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def samples_to_table(parts: list[pa.Table], host: str, wall_minus_mono_ns: int) -> pa.Table:
@@ -201,6 +266,13 @@ class Sampler:
             while not self._stop.is_set():
                 if self.election.try_acquire():
                     self.was_elected = True
+                    try:
+                        swept = self.election.sweep_stale()
+                    except OSError as exc:  # housekeeping only: sampling goes on
+                        info("could not look for stale election files: %r", exc)
+                    else:
+                        if swept:
+                            info("removed the election files of %d runs killed on this host", swept)
                     break
                 if self._sleep(RETRY_ELECTION_S):
                     return

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
 import time
 
 import pyarrow.parquet as pq
 
 from conftest import rank_meta
 from fixtures import sysfs
-from recorder.sampler import Election, Sampler
+from recorder.sampler import STALE_ELECTION_S, Election, Sampler
 from recorder.sources import NET_DEV_COLUMNS, host_sources
 
 WRAP = 2**32
@@ -157,6 +158,43 @@ def test_one_sampler_per_host_and_namespace(tmp_path):
     finally:
         for e in (first, second, other_host):
             e.release()
+
+
+def test_an_elected_sampler_sweeps_what_killed_runs_left(tmp_path):
+    """A run whose processes were all killed leaves its election files in the temporary directory;
+    the next elected sampler on the host removes them, and nothing of a run that may still be live."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    old = time.time() - 2 * STALE_ELECTION_S
+
+    def leave(run: str, pid: int, mtime: float) -> Election:
+        election = Election(run, "hostA", str(tmp_path))
+        election.register(pid)
+        os.close(os.open(election.path, os.O_RDWR | os.O_CREAT))
+        for path in (election.path, election.pid_file):
+            os.utime(path, (mtime, mtime))
+        return election
+
+    killed = leave("killed", dead.pid, old)
+    live = leave("live", os.getpid(), old)  # a long run: old files, a live process
+    recent = leave("recent", dead.pid, time.time())  # killed a moment ago: its ranks may be restarting
+    held = leave("held", dead.pid, old)
+    holder = Election("held", "hostA", str(tmp_path))
+    assert holder.try_acquire()
+    other_namespace = tmp_path / "commtrace-killed-hostA-1.lock"
+    other_namespace.write_text("")
+    os.utime(other_namespace, (old, old))
+    me = Election("new", "hostA", str(tmp_path))
+    try:
+        assert me.try_acquire()
+        assert me.sweep_stale() == 1
+        assert not os.path.exists(killed.path) and not os.path.exists(killed.pid_file)
+        for kept in (live, recent, held):
+            assert os.path.exists(kept.path) and os.path.exists(kept.pid_file)
+        assert other_namespace.exists() and os.path.exists(me.path)
+    finally:
+        me.release()
+        holder.release()
 
 
 def test_real_run_samples_once_per_host(spawned):
