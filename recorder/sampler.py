@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from recorder import _arrow
-from recorder._log import info, warn_once
+from recorder._log import debug, warn_once
 from recorder.schema import SAMPLE_SCHEMA, SAMPLES_PREFIX, safe_name
 from recorder.sources import PARSE_ERRORS, host_sources
 from recorder.writer import SegmentWriter, wall_minus_mono
@@ -268,11 +268,11 @@ class Sampler:
                     self.was_elected = True
                     try:
                         swept = self.election.sweep_stale()
-                    except OSError as exc:  # housekeeping only: sampling goes on
-                        info("could not look for stale election files: %r", exc)
+                    except OSError as exc:  # housekeeping only: sampling goes on, the training log stays quiet
+                        debug("could not look for stale election files: %r", exc)
                     else:
                         if swept:
-                            info("removed the election files of %d runs killed on this host", swept)
+                            debug("removed the election files of %d runs killed on this host", swept)
                     break
                 if self._sleep(RETRY_ELECTION_S):
                     return
