@@ -16,6 +16,8 @@ slowdown in % (min/median/max over pairs), and the events recorded per step.
     python benchmarks/ddp_overhead.py [--pairs 6] [--steps 1500]
     python benchmarks/ddp_overhead.py --in-process 8 --steps 1000 [--ranks 1]
 
+``--time-calls`` also times the group's ``allreduce`` as DDP's reducer calls it, in the recorded
+and the unrecorded steps: the recorder's cost per bucket, as a training step's cold caches make it.
 ``--ranks 1`` runs the same loop as a one-rank job, which leaves the machine's second core to the
 gloo threads and the recorder's: it tells a cost of the recorder's own work from a cost of two ranks
 fighting for two cores.
@@ -38,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from footprint import trace_footprint  # noqa: E402
 
 
-def worker(steps: int, warmup: int, out: str, chunks: int = 0) -> None:
+def worker(steps: int, warmup: int, out: str, chunks: int = 0, time_calls: bool = False) -> None:
     import torch
     import torch.distributed as dist
     from torch import nn
@@ -64,6 +66,22 @@ def worker(steps: int, warmup: int, out: str, chunks: int = 0) -> None:
         from recorder import _state
 
         session, results = _state.session, []
+        calls = {True: [0, 0], False: [0, 0]}  # recording on/off: ns inside the group's allreduce, calls
+        if time_calls:
+            from recorder.capture import RecordingProcessGroup
+
+            override, clock = RecordingProcessGroup.allreduce, time.perf_counter_ns
+
+            def allreduce(self, *args, **kwargs):  # DDP's bucket all_reduce, as its reducer calls it
+                t0 = clock()
+                try:
+                    return override(self, *args, **kwargs)
+                finally:
+                    entry = calls[_state.session is not None]
+                    entry[0] += clock() - t0
+                    entry[1] += 1
+
+            RecordingProcessGroup.allreduce = allreduce
         for _ in range(chunks):
             times: dict[bool, list[float]] = {True: [], False: []}
             dist.barrier()
@@ -77,7 +95,11 @@ def worker(steps: int, warmup: int, out: str, chunks: int = 0) -> None:
             results.append((_trimmed_mean(times[False]), _trimmed_mean(times[True])))
         if rank == 0:
             with open(out, "w") as fh:
-                json.dump({"pairs": results, "recording": session is not None}, fh)
+                timed = {}
+                if time_calls:
+                    off, on = (calls[k][0] / max(calls[k][1], 1) / 1e3 for k in (False, True))
+                    timed = {"allreduce_us_off": round(off, 2), "allreduce_us_on": round(on, 2)}
+                json.dump({"pairs": results, "recording": session is not None, **timed}, fh)
         dist.destroy_process_group()
         return
     dist.barrier()
@@ -149,15 +171,20 @@ def main() -> None:
         metavar="CHUNKS",
         help="instead: one recorded job, recording on and off in alternate steps, CHUNKS chunks of --steps steps",
     )
+    parser.add_argument(
+        "--time-calls",
+        action="store_true",
+        help="with --in-process: also time each bucket all_reduce call, recording on and off",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.steps, args.warmup, args.out, args.in_process)
+        worker(args.steps, args.warmup, args.out, args.in_process, args.time_calls)
         return
     with tempfile.TemporaryDirectory() as tmp:
         if args.in_process:
-            extra = ("--in-process", str(args.in_process))
+            extra = ("--in-process", str(args.in_process)) + (("--time-calls",) if args.time_calls else ())
             result = _job(
                 os.path.join(tmp, "traces"),
                 os.path.join(tmp, "result.json"),
@@ -175,6 +202,7 @@ def main() -> None:
                         "chunks": args.in_process,
                         "steps": args.steps,
                         "ranks": args.ranks,
+                        **{k: v for k, v in result.items() if k.startswith("allreduce_us")},
                     }
                 )
             )

@@ -118,18 +118,26 @@ def main() -> None:
                 figure += f"recording +{r['recording_added_us']} us"
                 what = f"the same, {r['call']}, caches cold (64 MB swept between calls, as by a training step)"
                 add(what, command, figure, "-", None)
+        command = [py, "benchmarks/native_hot_path.py", "--repeats", "9"]
+        raw["native"] = _run(command)
+        figure = "; ".join(
+            f"{r['regime']}: +{r['python_added_us']} us in Python, +{r['native_added_us']} us in C"
+            for r in raw["native"]
+        )
+        what = "the blocking path written in C (an experiment, not shipped), against the Python one, writer aside"
+        add(what, command, figure, "-", None)
     if want("ddp"):
         variants = [
             ("ddp", "gloo DDP training loop, 2 ranks, recording on vs off", ["--pairs", "8"]),
             (
                 "ddp_in_process",
-                "the same loop in one recorded job, recording on and off in alternate steps (8 chunks of 1000)",
-                ["--in-process", "8", "--steps", "1000"],
+                "the same loop in one recorded job, recording on and off in alternate steps (16 chunks of 1000)",
+                ["--in-process", "16", "--steps", "1000", "--time-calls"],
             ),
             (
                 "ddp_one_rank",
                 "the same, one rank: the second core left to gloo's and the recorder's threads",
-                ["--in-process", "8", "--steps", "1000", "--ranks", "1"],
+                ["--in-process", "8", "--steps", "1000", "--ranks", "1", "--time-calls"],
             ),
         ]
         for key, what, options in variants:
@@ -138,6 +146,8 @@ def main() -> None:
             p = raw[key]
             figure = _spread(p["slowdown_pct_min"], p["slowdown_pct_median"], p["slowdown_pct_max"], " %")
             figure += f"; step {p['step_ms_off_median']} ms off, {p['step_ms_on_median']} ms on"
+            if "allreduce_us_on" in p:
+                figure += f"; each bucket all_reduce call {p['allreduce_us_off']} us off, {p['allreduce_us_on']} us on"
             add(what, command, figure, "< 0.5 %", p["slowdown_pct_median"] < 0.5)
         r, separate = raw["ddp"], [py, "benchmarks/ddp_overhead.py", *variants[0][2]]
         per_event = r["bytes_per_event"]
