@@ -179,8 +179,10 @@ class _label:
         self.code = code  # the API's name, as capture.APIS codes it
 
     def __enter__(self):
-        self.previous = _state.tls.__dict__.get("api")
-        if self.previous is None:
+        # -1: no label. The hot path packs tls.api into an int16 whenever any thread is inside a
+        # label, so a thread's label is always an int, never None, also after its own label ended.
+        self.previous = _state.tls.__dict__.get("api", -1)
+        if self.previous == -1:
             _state.tls.api = self.code
         _state.api_depth += 1
         return self

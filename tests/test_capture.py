@@ -245,6 +245,19 @@ def test_async_end_is_completion_not_enqueue(tmp_trace):
     assert (recv["t_end_ns"] - recv["t_start_ns"]) / 1e9 >= 0.9 * delay
 
 
+def test_plain_calls_beside_a_labelled_call_in_another_thread(tmp_path: Path):
+    """A thread's label is per thread: another thread's plain collectives, issued while it is inside
+    a labelled call, are recorded without a label, and recording goes on."""
+    out = tmp_path / "out.json"
+    proc = run_job([str(JOBS / "label_threads.py"), str(out)], clean_env(TRACES=str(tmp_path / "traces")))
+    assert json.loads(out.read_text())["still_recording"]
+    assert not [line for line in proc.stderr.splitlines() if line.startswith("[commtrace]")], proc.stderr
+    rows = load_events(tmp_path / "traces").to_pylist()
+    reduces = [r for r in rows if r["op"] == "all_reduce"]
+    assert len(reduces) == 5 and all(r["api"] is None and r["status"] == "ok" for r in reduces)
+    assert {r["api"] for r in rows if r["op"] == "broadcast"} == {"broadcast_object_list"}
+
+
 @pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "plain"])
 def test_callback_threads_keep_their_python_state(tmp_path: Path, recorded: bool):
     """gloo's worker threads keep one Python thread state while recording instead of one per callback
