@@ -148,7 +148,12 @@ def main() -> None:
             figure += f"; step {p['step_ms_off_median']} ms off, {p['step_ms_on_median']} ms on"
             if "allreduce_us_on" in p:
                 figure += f"; each bucket all_reduce call {p['allreduce_us_off']} us off, {p['allreduce_us_on']} us on"
-            add(what, command, figure, "< 0.5 %", p["slowdown_pct_median"] < 0.5)
+            met = p["slowdown_pct_median"] < 0.5
+            if p["slowdown_pct_max"] - p["slowdown_pct_min"] > 20 * 0.5:
+                # A spread twenty times the target: the median says which way the machine drifted.
+                figure += "; too noisy to judge against 0.5 %"
+                met = None
+            add(what, command, figure, "< 0.5 %", met)
         r, separate = raw["ddp"], [py, "benchmarks/ddp_overhead.py", *variants[0][2]]
         per_event = r["bytes_per_event"]
         figure = f"{per_event} B ({r['steps']} steps, {r['events_per_step_per_rank']} events per step and rank)"
