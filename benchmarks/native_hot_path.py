@@ -24,9 +24,11 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from fake_groups import recording_and_plain_groups, time_calls  # noqa: E402
 
 
 def build(directory: str):
@@ -66,10 +68,7 @@ def main() -> None:
         recorder.enable(tmp, clock_sync=False, run_id="native", flush_s=3600, flush_events=10**9, max_buffered=10**7)
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=4)
         session = _state.session
-        recorded = dist.new_group([0, 1, 2, 3])
-        _state.session = None
-        plain = dist.new_group([0, 1, 2, 3])
-        _state.session = session
+        recorded, plain = recording_and_plain_groups(4)
         small = torch.ones(16)
         dist.all_reduce(small, group=recorded)  # the group's info and twin exist from here on
         native.init(_state, C._dtype_codes, C._native_wait)
@@ -100,6 +99,10 @@ def main() -> None:
             raise SystemExit(f"the native path writes {ours}, the Python path {theirs}")
 
         sweep = torch.ones(args.sweep_mb * 2**20 // 4)
+
+        def blocking(group) -> None:
+            dist.all_reduce(small, group=group)
+
         overrides = {"plain": python_override, "override": python_override, "python": python_override}
         overrides["native"] = native_override
 
@@ -107,20 +110,8 @@ def main() -> None:
             group = plain if name == "plain" else recorded
             _state.session = None if name == "override" else session
             C.RecordingProcessGroup.allreduce = overrides[name]
-            clock = time.perf_counter_ns
             try:
-                if not cold:
-                    t0 = clock()
-                    for _ in range(calls):
-                        dist.all_reduce(small, group=group)
-                    return (clock() - t0) / calls / 1e3
-                each = []
-                for _ in range(calls):
-                    sweep.add_(1.0)
-                    t0 = clock()
-                    dist.all_reduce(small, group=group)
-                    each.append(clock() - t0)
-                return statistics.median(each) / 1e3
+                return time_calls(blocking, group, calls, sweep if cold else None)
             finally:
                 C.RecordingProcessGroup.allreduce = python_override
                 _state.session = session

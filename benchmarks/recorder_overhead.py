@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -25,16 +27,9 @@ from torch.testing._internal.distributed.fake_pg import FakeStore
 import recorder
 from recorder import _state
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-def _groups(world: int):
-    """A recording group and a plain group of the same size and backend."""
-    recorded = dist.new_group(list(range(world)))
-    session, _state.session = _state.session, None
-    try:
-        plain = dist.new_group(list(range(world)))
-    finally:
-        _state.session = session
-    return recorded, plain
+from fake_groups import recording_and_plain_groups  # noqa: E402
 
 
 def _ops(world: int):
@@ -78,7 +73,7 @@ def main() -> None:
         # its own schedule it would flush during whichever batch happens to be running, plain or not.
         recorder.enable(tmp, clock_sync=False, run_id="overhead", flush_s=3600, flush_events=10**9, max_buffered=10**7)
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=args.world)
-        recorded, plain = _groups(args.world)
+        recorded, plain = recording_and_plain_groups(args.world)
         assert type(recorded).__name__ == "RecordingProcessGroup" and type(plain) is dist.ProcessGroup
         results = []
         for name, fn in _ops(args.world).items():

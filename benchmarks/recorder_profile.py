@@ -29,7 +29,9 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import statistics
+import sys
 import tempfile
 import textwrap
 import time
@@ -41,6 +43,10 @@ from torch.testing._internal.distributed.fake_pg import FakeStore
 import recorder
 from recorder import _state
 from recorder import capture as C
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fake_groups import recording_and_plain_groups, time_calls  # noqa: E402
 
 # Each part of capture._record, as (what it is, [(source text, what replaces it)]).
 PARTS = [
@@ -99,10 +105,7 @@ def main() -> None:
         recorder.enable(tmp, clock_sync=False, run_id="profile", flush_s=3600, flush_events=10**9, max_buffered=10**7)
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=4)
         session = _state.session
-        recorded = dist.new_group([0, 1, 2, 3])
-        _state.session = None
-        plain = dist.new_group([0, 1, 2, 3])
-        _state.session = session
+        recorded, plain = recording_and_plain_groups(4)
         small = torch.ones(16)
         sweep = torch.ones(args.sweep_mb * 2**20 // 4)
         real_record = C._record
@@ -116,25 +119,12 @@ def main() -> None:
             dist.all_reduce(small, group=group, async_op=True).wait()
 
         def batch(name: str, call, calls: int, cold: bool) -> float:
-            """Microseconds per call of variant ``name``: the mean of a warm batch, the median call of a
-            cold one (a cold call now and then also meets an interrupt or a page fault)."""
+            """Microseconds per call of variant ``name`` (fake_groups.time_calls)."""
             group = plain if name == "plain" else recorded
             _state.session = None if name == "override" else session
             C._record = variants[name] or real_record
-            clock = time.perf_counter_ns
             try:
-                if not cold:
-                    t0 = clock()
-                    for _ in range(calls):
-                        call(group)
-                    return (clock() - t0) / calls / 1e3
-                each = []
-                for _ in range(calls):
-                    sweep.add_(1.0)
-                    t0 = clock()
-                    call(group)
-                    each.append(clock() - t0)
-                return statistics.median(each) / 1e3
+                return time_calls(call, group, calls, sweep if cold else None)
             finally:
                 C._record = real_record
                 _state.session = session
