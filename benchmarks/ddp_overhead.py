@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -128,6 +129,9 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
+_reruns: list[str] = []  # jobs run again after torch's abort (reported as aborted_jobs_rerun)
+
+
 def _job(trace_dir: str | None, out: str, steps: int, warmup: int, *extra: str, ranks: int = 2) -> dict:
     """One torchrun job of the worker (recorded into ``trace_dir`` if given); its result."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
@@ -137,7 +141,15 @@ def _job(trace_dir: str | None, out: str, steps: int, warmup: int, *extra: str, 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks)]
     command += ["--master-port", _free_port()]
     command += [os.path.abspath(__file__), "--worker", "--steps", str(steps), "--warmup", str(warmup), "--out", out]
-    proc = subprocess.run([*command, *extra], env=env, capture_output=True, text=True, timeout=1800)
+    for _ in range(3):
+        proc = subprocess.run([*command, *extra], env=env, capture_output=True, text=True, timeout=1800)
+        # This CPU build of torch now and then aborts a gloo DDP rank, recorded or not (a few % of
+        # plain runs here, tests/test_disk.py): such a job says nothing about the recorder; run it again.
+        if proc.returncode == 0 or "terminate called without an active exception" not in proc.stderr:
+            break
+        _reruns.append(proc.stderr[-2000:])
+        if trace_dir is not None:  # the footprint counts the job that ran to the end only
+            shutil.rmtree(trace_dir, ignore_errors=True)
     if proc.returncode != 0:
         raise SystemExit(f"the training job failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     with open(out) as fh:
@@ -203,6 +215,7 @@ def main() -> None:
                         "steps": args.steps,
                         "ranks": args.ranks,
                         **{k: v for k, v in result.items() if k.startswith("allreduce_us")},
+                        "aborted_jobs_rerun": len(_reruns),
                     }
                 )
             )
@@ -221,6 +234,7 @@ def main() -> None:
         events, size = trace_footprint(tmp)
     per_step = events / args.pairs / 2 / (args.steps + args.warmup)
     extra = {"events_per_step_per_rank": round(per_step, 2), "bytes_per_event": round(size / max(events, 1), 2)}
+    extra["aborted_jobs_rerun"] = len(_reruns)
     print(json.dumps({**_summary(pairs), **extra, "pairs": args.pairs, "steps": args.steps, "ranks": args.ranks}))
 
 
