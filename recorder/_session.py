@@ -605,7 +605,9 @@ def _take(records: bytearray) -> bytes:
 
     Each append is one C call, atomic under the GIL, so the length is always whole records; the copy
     and the removal are two C calls more, and a record appended between them by another thread lands
-    after the first ``n`` bytes and stays for the next flush. Only the writer removes records.
+    after the first ``n`` bytes and stays for the next flush. Only the writer removes records. The
+    records are copied out, never viewed in place: while a view (a memoryview, ``np.frombuffer``) of
+    the live bytearray exists, resizing it raises, and every append would fail.
     """
     n = len(records)
     taken = bytes(records[:n])
