@@ -40,3 +40,15 @@ def time_calls(call, group, calls: int, sweep=None) -> float:
         call(group)
         each.append(clock() - t0)
     return statistics.median(each) / 1e3
+
+
+def interleaved_medians(names: list[str], batch, calls: int, repeats: int) -> dict[str, float]:
+    """The median of ``repeats`` batches of ``batch(name, calls)`` per name, after one short batch of
+    each to warm up; the names take turns, so that a slow second of the machine hits all alike."""
+    for name in names:
+        batch(name, max(calls // 10, 1))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            times[name].append(batch(name, calls))
+    return {name: statistics.median(values) for name, values in times.items()}

@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import sysconfig
@@ -28,7 +27,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from fake_groups import recording_and_plain_groups, time_calls  # noqa: E402
+from fake_groups import interleaved_medians, recording_and_plain_groups, time_calls  # noqa: E402
 
 
 def build(directory: str):
@@ -120,13 +119,7 @@ def main() -> None:
 
         for regime, calls in (("warm", 20000), ("cold", 400)):
             cold = regime == "cold"
-            times: dict[str, list[float]] = {name: [] for name in overrides}
-            for name in overrides:
-                batch(name, calls // 10, cold)
-            for _ in range(args.repeats):
-                for name in overrides:
-                    times[name].append(batch(name, calls, cold))
-            med = {name: statistics.median(values) for name, values in times.items()}
+            med = interleaved_medians(list(overrides), lambda n, k, cold=cold: batch(n, k, cold), calls, args.repeats)
             row = {"regime": regime, "plain_us": round(med["plain"], 3)}
             for name in ("override", "python", "native"):
                 row[f"{name}_added_us"] = round(med[name] - med["plain"], 3)

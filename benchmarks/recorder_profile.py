@@ -46,7 +46,7 @@ from recorder import capture as C
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fake_groups import recording_and_plain_groups, time_calls  # noqa: E402
+from fake_groups import interleaved_medians, recording_and_plain_groups, time_calls  # noqa: E402
 
 # Each part of capture._record, as (what it is, [(source text, what replaces it)]).
 PARTS = [
@@ -140,13 +140,9 @@ def main() -> None:
         ]
         for regime, kind, call, names, calls in runs:
             cold = regime == "cold"
-            times: dict[str, list[float]] = {name: [] for name in names}
-            for name in names:
-                batch(name, call, calls // 10, cold)
-            for _ in range(args.repeats):
-                for name in names:  # interleaved: a slow second of the machine hits every variant
-                    times[name].append(batch(name, call, calls, cold))
-            med = {name: statistics.median(values) for name, values in times.items()}
+            med = interleaved_medians(
+                names, lambda n, k, call=call, cold=cold: batch(n, call, k, cold), calls, args.repeats
+            )
             override = med["override"] - med["plain"]
             added = med["recorded"] - med["plain"]
             row = {

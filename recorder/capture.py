@@ -137,20 +137,13 @@ class GroupInfo:
         if not self.backend:
             self.backend = _safe(pg._get_backend_name, "unknown")
         self.seq = 0
-        self.p2p: dict[tuple[str, int], int] = {}
+        self.p2p: dict[tuple[int, int], int] = {}  # (op code, peer) -> next seq
         self.coalescing = False
         self.timing_enabled = False
         # Backends whose collective works may be waited on twice (the caller waits again after us).
         self.wait_inside = self.backend in WAIT_TWICE_BACKENDS
         self.index = len(GROUPS)
         GROUPS.append(self)
-
-    def global_rank(self, group_rank: int | None) -> int | None:
-        if group_rank is None or group_rank < 0:
-            return None
-        if group_rank < len(self.ranks):
-            return self.ranks[group_rank]
-        return group_rank
 
 
 def _safe(fn, default):

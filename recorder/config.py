@@ -21,7 +21,8 @@ COMMTRACE_FLUSH_EVENTS = "COMMTRACE_FLUSH_EVENTS"
 """Flush early once this many events are buffered (default 4096)."""
 
 COMMTRACE_MAX_BUFFERED = "COMMTRACE_MAX_BUFFERED"
-"""Events held in memory at most (default 32768, ~12 MB); beyond it events are dropped and counted."""
+"""Events held in memory at most (default 32768, ~3 MB at 69 bytes an operation and 25 its
+completion); beyond it events are dropped and counted."""
 
 COMMTRACE_PENDING_S = "COMMTRACE_PENDING_S"
 """An operation not completed after this many seconds is written as in flight (default 600)."""

@@ -162,7 +162,8 @@ def build_segment(
     n_in, n_out = issues["n_in"], issues["n_out"]
 
     def to_global(column: np.ndarray) -> pa.Array:
-        """Group ranks (NULL32: none) as global ranks, through each group's rank list."""
+        """Group ranks (NULL32: none) as global ranks, through each group's rank list (never empty);
+        a rank outside the list stays as recorded, a negative one is a null."""
         valid = column != C.NULL32
         if not valid.any():
             return pa.nulls(n, pa.int32())
@@ -171,8 +172,7 @@ def build_segment(
             rows = valid & (group_codes == g)
             ranks = np.array(infos[g].ranks, dtype=np.int64)
             r = out[rows]
-            inside = (r >= 0) & (r < len(ranks))
-            out[rows] = np.where(inside, ranks[np.clip(r, 0, max(len(ranks) - 1, 0))] if len(ranks) else r, r)
+            out[rows] = np.where((r >= 0) & (r < len(ranks)), ranks[np.clip(r, 0, len(ranks) - 1)], r)
         valid &= out >= 0
         return _arrow.from_numpy(np.where(valid, out, 0), pa.int32(), valid)
 
@@ -243,7 +243,6 @@ class SegmentWriter:
         return final
 
 
-P2P_OPS = ("send", "recv", "recv_anysource")
 GROUPS_KEY = "commtrace.groups"
 
 
@@ -287,7 +286,7 @@ def group_summaries(table: pa.Table) -> dict[str, list]:
     pg_codes, pg_names = decoded("pg")
     dtype_codes, dtype_names = decoded("dtype")
     status_codes, status_names = decoded("status")
-    p2p = np.isin(op_codes, [i for i, name in enumerate(op_names) if name in P2P_OPS])
+    p2p = np.isin(op_codes, [i for i, name in enumerate(op_names) if name in C.P2P_OPS])
     scatter = np.isin(op_codes, [i for i, name in enumerate(op_names) if name == "scatter"])
     uneven = np.isin(op_codes, [i for i, name in enumerate(op_names) if name in ("all_to_all", "all_to_all_single")])
     size = np.where(scatter, _arrow.to_numpy(table["bytes_out"]), _arrow.to_numpy(table["bytes_in"]))
