@@ -2,7 +2,8 @@
 
 A recorder that floods the training log is a recorder people switch off, so each distinct
 message is emitted once (keyed by the caller's choice of key) on the ``commtrace`` logger,
-which prints to stderr by default with a ``[commtrace]`` prefix.
+which prints to stderr by default with a ``[commtrace]`` prefix. Rank 0 says where its run is
+recorded when it starts and how to explain it when it closes; every other line is a warning.
 """
 
 from __future__ import annotations
@@ -16,11 +17,22 @@ _seen: set[str] = set()
 _lock = threading.Lock()
 
 
+class _Formatter(logging.Formatter):
+    """``[commtrace] message`` for what the recorder tells (where the run goes), with the level
+    named for anything worse: ``[commtrace] WARNING: message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.levelno > logging.INFO:
+            text = f"{record.levelname}: {text}"
+        return f"[commtrace] {text}"
+
+
 def _ensure_handler() -> None:
     if logger.handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[commtrace] %(levelname)s: %(message)s"))
+    handler.setFormatter(_Formatter())
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False

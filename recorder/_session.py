@@ -3,7 +3,9 @@
 Life of a session: created by :func:`enable` (or the environment variable) before any process
 group exists; starts writing when the default group is created and rank 0 has shared the run id
 through the job's store; flushes every ``COMMTRACE_FLUSH_S``; closes at ``destroy_process_group``,
-at exit or on SIGTERM, writing what is still in flight with its end unset.
+at exit or on SIGTERM, writing what is still in flight with its end unset. Nothing of it waits on
+the main thread at start-up: the run id, the directories and the clock offset are settled on a
+thread of ours, talking through store clients of our own (``recorder.coordination``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import timedelta
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from recorder import _arrow, _state, clock
 from recorder import capture as C
 from recorder._log import info, warn_once
 from recorder.config import Config, from_env
+from recorder.coordination import Coordination
 from recorder.schema import (
     INFLIGHT_PREFIX,
     PROBE_PREFIX,
@@ -56,8 +58,8 @@ ENV_NAMES = (
     "HOSTNAME",
 )
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL", "AUTH", "COOKIE")
-RUN_ID_KEY = "commtrace/run_id"
-STARTUP_SYNC_S = 10.0
+STARTUP_READY_S = 10.0  # how long closing waits for the start-up thread to have set up the trace
+CLOCK_WAIT_S = 30.0  # how long a rank's clock thread waits for rank 0's clock server to answer
 POLL_MIN_S = 0.0005
 POLL_MAX_S = 0.05
 
@@ -141,8 +143,14 @@ class Session:
         self._stop = threading.Event()
         self._dtype_cache: dict = {}
         self._flush_cpu_s = 0.0
-        self._store = None
+        self._coordination: Coordination | None = None
+        self._clock_server: clock.Server | None = None
+        self._clock_stop = threading.Event()  # set at close: the clock thread measures no more
         self._startup_thread: threading.Thread | None = None
+        self._ready = threading.Event()  # the start-up thread has set up the trace (or failed to)
+        # Seconds the recorder spent waiting on other ranks or on its own threads, by what for.
+        self.waits: dict[str, float] = {}
+        self.failure: str | None = None  # why recording stopped early, if it did
         self._default_twin = None  # the default group's plain twin, kept for the link probe
         self._probe_rows: list[dict] = []
         self.sampler = None
@@ -183,10 +191,11 @@ class Session:
         from recorder import probe
 
         twin = self._default_twin
-        # The start-up thread measures clock offsets through the same store: a probe waiting in the
-        # store would starve it, so the probe goes second.
-        self._join_startup(STARTUP_SYNC_S)
+        began = time.monotonic()
         try:
+            store = self._coordination.probe if self._coordination is not None else None
+            if store is None:
+                raise RuntimeError(self._no_store_reason())
             device = None
             if _backend_name(twin) == "nccl":
                 import torch
@@ -194,7 +203,7 @@ class Session:
                 device = torch.device("cuda", torch.cuda.current_device())
             rows = probe.run(
                 twin,
-                self._store,
+                store,
                 self.rank,
                 self.world_size,
                 phase,
@@ -207,6 +216,7 @@ class Session:
                 self._probe_rows.extend(rows)
         except Exception as exc:
             warn_once(f"probe:{phase}", "link probe (%s) not measured: %r", phase, exc)
+        self.waits[f"probe_{phase}_s"] = round(time.monotonic() - began, 6)
 
     def enable_cuda_timing(self, pg, info) -> None:
         """Have the backend time collectives with CUDA events (Work._get_duration), once per group."""
@@ -219,20 +229,33 @@ class Session:
             warn_once("cuda:timing", "CUDA collective timing unavailable (%r); GPU durations not recorded", exc)
 
     def start(self, rank: int, world_size: int, store) -> None:
-        """Called once the default group exists: learn the run id and start writing, off the hot path."""
-        self.rank, self.world_size, self._store = rank, world_size, store
+        """Called once the default group exists: learn the run id and start writing, off the hot path
+        and off the main thread (which goes on creating groups meanwhile)."""
+        self.rank, self.world_size = rank, world_size
+        if store is not None and world_size > 1:
+            wanted = self.config.clock_sync
+            self._coordination = Coordination(store, clock_server=wanted and rank == 0, probe=self.config.probe)
         self._thread.start()
         self._startup_thread = threading.Thread(target=self._startup, name="commtrace-startup", daemon=True)
         self._startup_thread.start()
 
-    def _join_startup(self, timeout_s: float) -> None:
-        thread = self._startup_thread
-        if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
-            thread.join(timeout_s)
+    def _wait_ready(self, timeout_s: float) -> None:
+        """Wait (bounded) until the start-up thread has set up the trace; the clock measurement that
+        follows it is not waited for."""
+        if self._startup_thread is None or threading.current_thread() is self._startup_thread:
+            return
+        began = time.monotonic()
+        if not self._ready.wait(timeout_s):
+            warn_once("startup:slow", "the trace was not set up within %.0f s of the job's start", timeout_s)
+        waited = time.monotonic() - began
+        if waited >= 0.001:
+            self.waits["close_startup_s"] = round(waited, 6)
 
     def _startup(self) -> None:
         try:
+            began = time.monotonic()
             run_id = self.config.run_id or self._agree_run_id()
+            self.waits["run_id_s"] = round(time.monotonic() - began, 6)
             run_dir = os.path.join(self.config.dir, run_id)
             rank_dir = os.path.join(run_dir, f"rank={self.rank:05d}")
             os.makedirs(rank_dir, exist_ok=True)
@@ -243,13 +266,82 @@ class Session:
                 )
             if self.rank == 0:
                 _atomic_json(os.path.join(run_dir, RUN_META), self._run_meta(), exclusive=True)
+                self._start_clock_server(run_id)
             self._start_sampler(run_dir, run_id)
             self.write_rank_meta()
-            if self.config.clock_sync and self.world_size and self.world_size > 1:
-                self._sync_clock("start", timeout_s=STARTUP_SYNC_S)
-                self.write_rank_meta()
+            if self.rank == 0 and not self.failed:
+                ranks = f"{self.world_size} rank{'s' if self.world_size != 1 else ''}"
+                info("recording run %s (%s) into %s", run_id, ranks, run_dir)
         except Exception as exc:
             self._fail("startup", exc)
+        finally:
+            self._ready.set()
+        if self._clock_wanted() and self.rank != 0:
+            self._clock_loop()
+
+    def _clock_loop(self) -> None:
+        """A non-zero rank's offset to rank 0's clock: once now, then every COMMTRACE_CLOCK_INTERVAL_S
+        until the trace closes (the last one is the ``end`` offset). Nothing waits for this thread,
+        and it never talks to the store while the trace closes: rank 0, and with it the store, may
+        be gone by then."""
+        phase = "start"
+        while not (self.failed or self._clock_stop.is_set()):
+            self._measure_clock(phase)
+            if self._clock_stop.is_set():
+                return
+            try:
+                self.write_rank_meta()
+            except Exception as exc:
+                self._fail("writing the rank's metadata", exc)
+            phase = "end"
+            if self._clock_stop.wait(self.config.clock_interval_s):
+                return
+
+    def _clock_wanted(self) -> bool:
+        return bool(self.config.clock_sync and self.world_size and self.world_size > 1 and self.run_id)
+
+    def _clock_base(self) -> str:
+        return f"{clock.PREFIX}/{self.run_id}"
+
+    def _start_clock_server(self, run_id: str) -> None:
+        """Rank 0: answer the other ranks' clock measurements, on a thread and a store client of its own."""
+        if not self._clock_wanted():
+            return
+        coordination = self._coordination
+        if coordination is None or coordination.serve is None:
+            self.clock["start"] = {"reference": True, "offset_ns": 0, "error": self._no_store_reason()}
+            return
+        self._clock_server = clock.Server(coordination.serve, coordination.talk, self._clock_base()).start()
+        self.clock["start"] = {"reference": True, "offset_ns": 0, "rtt_ns": 0, "rounds": 0}
+
+    def _no_store_reason(self) -> str:
+        if self._coordination is None:
+            return "no store to meet the other ranks in"
+        return self._coordination.error or "no store client of our own"
+
+    def _measure_clock(self, phase: str) -> None:
+        """A non-zero rank: its offset to rank 0's clock now, into the metadata (never raises)."""
+        rounds = self.config.clock_rounds
+        store = self._coordination.talk if self._coordination is not None else None
+        if store is None:
+            result = {"error": self._no_store_reason(), "rounds": 0, "rounds_asked": rounds}
+        else:
+            try:
+                result = clock.measure(store, self._clock_base(), self.rank, rounds, CLOCK_WAIT_S)
+            except Exception as exc:
+                result = {"error": f"the store failed: {exc!r}", "rounds": 0, "rounds_asked": rounds}
+        if self._clock_stop.is_set() and result.get("error"):
+            return  # cut short by the trace closing: the last measurement stands
+        self.clock[phase] = result
+        self.waits[f"clock_{phase}_s"] = result.get("wait_s", 0.0)
+        if phase == "start" and result.get("error"):
+            warn_once(
+                "clock:start",
+                "clock offset to rank 0 measured in %d of %d rounds (%s); this rank's lateness is less certain",
+                result.get("rounds", 0),
+                self.config.clock_rounds,
+                result["error"],
+            )
 
     def _start_sampler(self, run_dir: str, run_id: str) -> None:
         if self.config.sample_hz <= 0 or self.closed:
@@ -270,16 +362,12 @@ class Session:
 
     def _agree_run_id(self) -> str:
         env = dict(os.environ)
-        if not self.world_size or self.world_size == 1 or self._store is None:
+        if not self.world_size or self.world_size == 1 or self._coordination is None:
             return _new_run_id(env)
-        key = f"{RUN_ID_KEY}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
         try:
-            if self.rank == 0:
-                run_id = _new_run_id(env)
-                self._store.set(key, run_id.encode())
-                return run_id
-            self._store.wait([key], timedelta(seconds=60))
-            return self._store.get(key).decode()
+            return self._coordination.agree_run_id(
+                self.rank, self.world_size, lambda: _new_run_id(env), env.get("TORCHELASTIC_RESTART_COUNT", "0"), 60.0
+            )
         except Exception as exc:
             warn_once(
                 "run_id",
@@ -288,28 +376,6 @@ class Session:
                 exc,
             )
             return f"{_new_run_id(env)}-rank{self.rank}"
-
-    def _sync_clock(self, phase: str, timeout_s: float) -> None:
-        store = self._store
-        if store is None:
-            return
-        try:
-            if self.rank == 0:
-                served = clock.serve(store, self.world_size, phase, self.config.clock_rounds, timeout_s)
-                self.clock[phase] = {
-                    "offset_ns": 0,
-                    "rtt_ns": 0,
-                    "rounds": 0,
-                    "reference": True,
-                    "ranks_served": served,
-                    "measured_at_ns": time.time_ns(),
-                }
-            else:
-                result = clock.measure(store, self.rank, phase, self.config.clock_rounds, timeout_s)
-                if result is not None:
-                    self.clock[phase] = result
-        except Exception as exc:
-            warn_once(f"clock:{phase}", "clock offset (%s) not measured: %r", phase, exc)
 
     # -- metadata ----------------------------------------------------------------------------------
     def _common_meta(self) -> dict:
@@ -362,6 +428,8 @@ class Session:
                         for g in self.groups.values()
                     ],
                     "dropped_events": self.dropped,
+                    "failure": self.failure,
+                    "waits_s": dict(self.waits),
                     "segments_written": self.writer.index,
                     "rows_written": self.writer.rows_written,
                     "bytes_written": self.writer.bytes_written,
@@ -530,6 +598,7 @@ class Session:
     def _fail(self, where: str, exc: BaseException) -> None:
         """Our own failure: say it once, stop recording, leave training alone."""
         self.failed = True
+        self.failure = f"{where} failed: {exc!r}"
         # One line for whatever fails first: after it the recorder is out of the way, and nothing
         # else of ours has anything left to say.
         warn_once("fail", "recording stopped (%s failed: %r); training continues unaffected", where, exc)
@@ -549,16 +618,14 @@ class Session:
                     return
             except Exception:
                 return
-        self._join_startup(STARTUP_SYNC_S)
         if self._default_twin is not None:
+            self._wait_ready(STARTUP_READY_S)
             self._probe("end")
         if self.sampler is not None:
             try:
                 self.sampler.sample_now()
             except Exception as exc:
                 warn_once("sampler:last", "the last network sample before shutdown was not taken: %r", exc)
-        if self.config.clock_sync and self.world_size and self.world_size > 1 and self.writer is not None:
-            self._sync_clock("end", timeout_s=5.0)
         self.close()
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -566,19 +633,21 @@ class Session:
         global _closing, _deferred_sigterm
         if self.closed or os.getpid() != self.pid:
             return
-        self._join_startup(timeout_s)
+        began = time.monotonic()
+        self._clock_stop.set()
+        self._wait_ready(min(timeout_s, STARTUP_READY_S))
         self.closed = True
         self._closing_thread = threading.get_ident()
         _closing = self
         try:
-            self._close(timeout_s)
+            self._close(timeout_s, began)
         finally:
             self._close_done.set()
             if _deferred_sigterm is not None and self._closing_thread == threading.get_ident():
                 deferred, _deferred_sigterm = _deferred_sigterm, None
                 _deliver_sigterm(*deferred)  # a SIGTERM that arrived during the close: acted on now
 
-    def _close(self, timeout_s: float) -> None:
+    def _close(self, timeout_s: float, began: float) -> None:
         if _state.session is self:
             _state.session = None
         self._stop.set()
@@ -593,11 +662,20 @@ class Session:
                 self.sampler.close()
             except Exception as exc:
                 warn_once("fail:sampler", "the last network counters were not written: %r", exc)
-        if not self.failed:
+        if self._clock_server is not None:
             try:
-                self.write_rank_meta()
+                self._clock_server.stop()
+            except Exception:
+                pass
+        self.waits["close_s"] = round(time.monotonic() - began, 6)
+        if self.writer is not None:
+            try:
+                self.write_rank_meta()  # after a failure too: it says that recording stopped, and why
             except Exception as exc:
-                warn_once("fail:meta", "could not write the rank's metadata: %r", exc)
+                if not self.failed:  # after a failure, its one line has been said
+                    warn_once("fail:meta", "could not write the rank's metadata: %r", exc)
+        if self.rank == 0 and self.run_dir and not self.failed:
+            info("run %s closed; explain it with: analyze-trace diagnose %s", self.run_id, self.run_dir)
 
 
 def _take(records: bytearray) -> bytes:

@@ -1,22 +1,34 @@
 """Each rank's clock offset to rank 0, measured NTP-style through the job's own store.
 
-Rank 0 answers one rank at a time: it lets rank r go, rank r stamps t1 and posts a ping, rank 0
-stamps t when it sees the ping and posts it back, rank r stamps t4 when it sees the answer. Both
-legs are "set a key, wake a waiter" through the same store server, so they take about the same
-time, and ``offset = t - (t1 + t4) / 2`` (rank 0's clock minus this rank's) is off by at most half
-the round trip. The round with the smallest round trip wins. Everything runs with timeouts: a
-rank that does not answer costs the others a bounded wait, never a hang.
+Rank 0 runs a small clock server on a thread of its own for the whole run; any other rank asks it
+for a measurement from a thread of its own whenever it likes (once its trace is set up, then every
+``COMMTRACE_CLOCK_INTERVAL_S``), without any rank's training thread taking part or waiting. A
+request is a ticket: the rank takes the next number of a counter and posts its rank under it; the
+server answers tickets in order. In round k the server posts "go", the rank stamps t1 and posts a
+ping, the server stamps t when it sees the ping and posts it back, the rank stamps t4 when it sees
+the answer. Both legs are "set a key, wake a waiter" through the same store server, so they take
+about the same time, and ``offset = t - (t1 + t4) / 2`` (rank 0's clock minus this rank's) is off
+by at most half the round trip. The round with the smallest round trip wins.
+
+Every wait is bounded, and none of them is on torch's store client (see ``recorder.coordination``).
+When rank 0 closes its trace the server stops: it marks the store closed and answers every ticket
+still unanswered with "closed", so a rank that asks later learns at once that nobody will answer.
 
 Using the store rather than the process group keeps the user's groups, sequence numbers and
-sockets untouched: the recorder opens no connection of its own.
+sockets untouched: the recorder opens no listening socket of its own.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 
 PREFIX = "commtrace/clock"
+LEG_S = 2.0  # one ping or pong, once the server is answering this rank: longer means it is gone
+IDLE_WAIT = timedelta(days=7)  # the server's wait for the next ticket (a timeout would only log)
+STOP = b"stop"
+CLOSED = b"closed"
 
 
 def _wait(store, key: str, seconds: float) -> bool:
@@ -27,45 +39,121 @@ def _wait(store, key: str, seconds: float) -> bool:
         return False
 
 
-def serve(store, world_size: int, phase: str, rounds: int, timeout_s: float) -> int:
-    """Rank 0's side: answer every other rank's pings. Returns how many ranks were served."""
-    deadline = time.monotonic() + timeout_s
-    served = 0
-    for r in range(1, world_size):
+class Server:
+    """Rank 0's side: answers tickets on ``store`` (a client of its own) until :meth:`stop`, which
+    speaks through ``stopper`` (another client: the server's own is busy waiting for tickets)."""
+
+    def __init__(self, store, stopper, base: str) -> None:
+        self.store = store
+        self.stopper = stopper
+        self.base = base
+        self._thread = threading.Thread(target=self._run, name="commtrace-clock", daemon=True)
+        self._stopped = False
+
+    def start(self) -> Server:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop answering (rank 0 is closing its trace): a ticket that says so, after those before it."""
+        if self._stopped:
+            return
+        self._stopped = True
+        ticket = self.stopper.add(f"{self.base}/n", 1)
+        self.stopper.set(f"{self.base}/q/{ticket}", STOP)
+
+    def _run(self) -> None:
+        store, base = self.store, self.base
+        ticket = 0
+        try:
+            while True:
+                ticket += 1
+                while True:
+                    began = time.monotonic()
+                    if _wait(store, f"{base}/q/{ticket}", IDLE_WAIT.total_seconds()):
+                        break
+                    if time.monotonic() - began < IDLE_WAIT.total_seconds() / 2:
+                        return  # not a timeout: the store went away (the job is ending)
+                request = store.get(f"{base}/q/{ticket}")
+                if request == STOP:
+                    self._close(ticket)
+                    return
+                if store.check([f"{base}/{ticket}/gone"]):
+                    continue  # the rank stopped waiting before its turn came
+                try:
+                    rounds = int(request.split(b",")[1])
+                except (IndexError, ValueError):
+                    continue
+                self._answer(ticket, rounds)
+        except Exception:
+            return  # the store went away (the job is ending): nobody is left to answer
+
+    def _answer(self, ticket: int, rounds: int) -> None:
+        store, base = self.store, self.base
         for k in range(rounds):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return served
-            store.set(f"{PREFIX}/{phase}/{r}/{k}/go", b"1")
-            if not _wait(store, f"{PREFIX}/{phase}/{r}/{k}/ping", min(left, 2.0)):
-                break
+            store.set(f"{base}/{ticket}/{k}/go", b"go")
+            if not _wait(store, f"{base}/{ticket}/{k}/ping", LEG_S):
+                return
             now = time.time_ns()
-            store.set(f"{PREFIX}/{phase}/{r}/{k}/pong", str(now).encode())
-        else:
-            served += 1
-    return served
+            store.set(f"{base}/{ticket}/{k}/pong", str(now).encode())
+
+    def _close(self, stop_ticket: int) -> None:
+        """Mark the store closed, then answer every ticket taken so far "closed". A rank checks the
+        mark after taking its ticket: a ticket taken after the count below sees the mark."""
+        store, base = self.store, self.base
+        store.set(f"{base}/closed", b"1")
+        last = store.add(f"{base}/n", 0)
+        for ticket in range(stop_ticket + 1, last + 1):
+            store.set(f"{base}/{ticket}/0/go", CLOSED)
 
 
-def measure(store, rank: int, phase: str, rounds: int, timeout_s: float) -> dict | None:
-    """A non-zero rank's side. Returns ``{offset_ns, rtt_ns, rounds}`` or None on timeout."""
-    deadline = time.monotonic() + timeout_s
+def measure(store, base: str, rank: int, rounds: int, timeout_s: float) -> dict:
+    """A non-zero rank's side, on a client of its own. Returns ``{offset_ns, rtt_ns, rounds,
+    rounds_asked, measured_at_ns, wait_s}``, or ``{error, rounds: 0, rounds_asked, wait_s}``."""
+    began = time.monotonic()
+    deadline = began + timeout_s
     best: tuple[int, int] | None = None
     done = 0
-    for k in range(rounds):
-        base = f"{PREFIX}/{phase}/{rank}/{k}"
-        if not _wait(store, f"{base}/go", deadline - time.monotonic()):
+    error = None
+    ticket = store.add(f"{base}/n", 1)
+    store.set(f"{base}/q/{ticket}", f"{rank},{rounds}".encode())
+    if store.check([f"{base}/closed"]):
+        error = "rank 0 had closed its trace"
+    for k in range(rounds if error is None else 0):
+        key = f"{base}/{ticket}/{k}"
+        if not _wait(store, f"{key}/go", deadline - time.monotonic() if k == 0 else LEG_S):
+            if k == 0:
+                store.set(f"{base}/{ticket}/gone", b"1")
+                error = f"rank 0 did not answer within {timeout_s:g} s"
+            else:
+                error = f"rank 0 stopped answering after {k} round(s)"
+            break
+        if k == 0 and store.get(f"{key}/go") == CLOSED:
+            error = "rank 0 had closed its trace"
             break
         t1 = time.time_ns()
-        store.set(f"{base}/ping", b"1")
-        if not _wait(store, f"{base}/pong", deadline - time.monotonic()):
+        store.set(f"{key}/ping", b"1")
+        if not _wait(store, f"{key}/pong", LEG_S):
+            error = f"rank 0 stopped answering after {k} round(s)"
             break
         t4 = time.time_ns()
-        t = int(store.get(f"{base}/pong"))
+        t = int(store.get(f"{key}/pong"))
         rtt = t4 - t1
         offset = t - (t1 + t4) // 2
         done += 1
         if best is None or rtt < best[1]:
             best = (offset, rtt)
+    waited = round(time.monotonic() - began, 6)
     if best is None:
-        return None
-    return {"offset_ns": best[0], "rtt_ns": best[1], "rounds": done, "measured_at_ns": time.time_ns()}
+        return {"error": error or "no round measured", "rounds": 0, "rounds_asked": rounds, "wait_s": waited}
+    result = {
+        "offset_ns": best[0],
+        "rtt_ns": best[1],
+        "rounds": done,
+        "rounds_asked": rounds,
+        "measured_at_ns": time.time_ns(),
+        "wait_s": waited,
+    }
+    if error is not None:
+        result["error"] = error
+    return result

@@ -37,7 +37,13 @@ COMMTRACE_RUN_ID = "COMMTRACE_RUN_ID"
 """Name of the run directory; by default rank 0 chooses one and shares it through the job's store."""
 
 COMMTRACE_CLOCK_SYNC = "COMMTRACE_CLOCK_SYNC"
-"""Measure each rank's clock offset to rank 0 at start and shutdown (default 1; 0 turns it off)."""
+"""Measure each rank's clock offset to rank 0 once its trace is set up, and again every
+``COMMTRACE_CLOCK_INTERVAL_S`` (default 1; 0 turns it off). Measured on a thread of the recorder's,
+through the job's store: neither the job's start nor its exit waits for it."""
+
+COMMTRACE_CLOCK_INTERVAL_S = "COMMTRACE_CLOCK_INTERVAL_S"
+"""Seconds between a rank's clock measurements after the first (default 120): the last one is kept
+as the run's ``end`` offset, which bounds how far the clocks drifted apart."""
 
 COMMTRACE_CLOCK_ROUNDS = "COMMTRACE_CLOCK_ROUNDS"
 """Ping-pong rounds per clock measurement; the round with the smallest round trip wins (default 5)."""
@@ -86,6 +92,7 @@ ALL_VARIABLES = (
     COMMTRACE_RUN_ID,
     COMMTRACE_CLOCK_SYNC,
     COMMTRACE_CLOCK_ROUNDS,
+    COMMTRACE_CLOCK_INTERVAL_S,
     COMMTRACE_CUDA_TIMING,
     COMMTRACE_SAMPLE_HZ,
     COMMTRACE_SAMPLE_FLUSH_S,
@@ -109,6 +116,7 @@ class Config:
     run_id: str | None = None
     clock_sync: bool = True
     clock_rounds: int = 5
+    clock_interval_s: float = 120.0
     cuda_timing: bool = True
     sample_hz: float = 10.0
     sample_flush_s: float = 10.0
@@ -131,6 +139,7 @@ class Config:
             "run_id": self.run_id,
             "clock_sync": self.clock_sync,
             "clock_rounds": self.clock_rounds,
+            "clock_interval_s": self.clock_interval_s,
             "cuda_timing": self.cuda_timing,
             "sample_hz": self.sample_hz,
             "sample_flush_s": self.sample_flush_s,
@@ -190,6 +199,7 @@ def from_env(env: dict[str, str] | None = None, **overrides: object) -> Config:
         "run_id": env.get(COMMTRACE_RUN_ID) or None,
         "clock_sync": _flag(env, COMMTRACE_CLOCK_SYNC, True),
         "clock_rounds": _number(env, COMMTRACE_CLOCK_ROUNDS, 5, int, 1),
+        "clock_interval_s": _number(env, COMMTRACE_CLOCK_INTERVAL_S, 120.0, float, 0.1),
         "cuda_timing": _flag(env, COMMTRACE_CUDA_TIMING, True),
         "sample_hz": _number(env, COMMTRACE_SAMPLE_HZ, 10.0, float, 0.0),
         "sample_flush_s": _number(env, COMMTRACE_SAMPLE_FLUSH_S, 10.0, float, 0.01),

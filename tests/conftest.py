@@ -93,7 +93,10 @@ def spawned(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("spawned")
     traces, out = base / "traces", base / "out"
     out.mkdir()
-    env = clean_env(COMMTRACE_DIR=str(traces), JOB_OUT=str(out), TORCH_FR_BUFFER_SIZE="4000")
+    # Clock offsets measured every 0.2 s: the last one, the run's end offset, is checked too.
+    env = clean_env(
+        COMMTRACE_DIR=str(traces), JOB_OUT=str(out), TORCH_FR_BUFFER_SIZE="4000", COMMTRACE_CLOCK_INTERVAL_S="0.2"
+    )
     run_job([str(JOBS / "all_ops.py"), "spawn", str(WORLD), free_port()], env)
     rows = load_events(traces).to_pylist()
     facts = {r: json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)}

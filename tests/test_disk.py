@@ -43,7 +43,7 @@ def _train(tmp_path: Path, name: str, directory: str | None) -> tuple[subprocess
 
 
 def _our_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if "commtrace" in line and "recording" in line]
+    return [line for line in stderr.splitlines() if line.startswith("[commtrace] WARNING")]
 
 
 @contextlib.contextmanager

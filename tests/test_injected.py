@@ -38,7 +38,7 @@ def _run(body: str, tmp_path, *argv: str) -> tuple[dict, list[str]]:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    ours = [line for line in proc.stderr.splitlines() if line.startswith("[commtrace]")]
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("[commtrace] WARNING")]
     return json.loads(proc.stdout.strip().splitlines()[-1]), ours
 
 
