@@ -60,6 +60,7 @@ ENV_NAMES = (
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL", "AUTH", "COOKIE")
 STARTUP_READY_S = 10.0  # how long closing waits for the start-up thread to have set up the trace
 CLOCK_WAIT_S = 30.0  # how long a rank's clock thread waits for rank 0's clock server to answer
+CLOCK_JOIN_S = 2.0  # how long closing waits for a cut-short clock thread to leave the store
 POLL_MIN_S = 0.0005
 POLL_MAX_S = 0.05
 
@@ -145,6 +146,7 @@ class Session:
         self._flush_cpu_s = 0.0
         self._coordination: Coordination | None = None
         self._clock_server: clock.Server | None = None
+        self._clock_waiter: clock.Waiter | None = None  # the clock thread's store waits, cut short at close
         self._clock_stop = threading.Event()  # set at close: the clock thread measures no more
         self._startup_thread: threading.Thread | None = None
         self._ready = threading.Event()  # the start-up thread has set up the trace (or failed to)
@@ -233,8 +235,9 @@ class Session:
         and off the main thread (which goes on creating groups meanwhile)."""
         self.rank, self.world_size = rank, world_size
         if store is not None and world_size > 1:
-            wanted = self.config.clock_sync
-            self._coordination = Coordination(store, clock_server=wanted and rank == 0, probe=self.config.probe)
+            self._coordination = Coordination(store, rank, clock=self.config.clock_sync, probe=self.config.probe)
+            if self._coordination.talk is not None:
+                self._clock_waiter = clock.Waiter(self._coordination.talk)
         self._thread.start()
         self._startup_thread = threading.Thread(target=self._startup, name="commtrace-startup", daemon=True)
         self._startup_thread.start()
@@ -297,6 +300,20 @@ class Session:
             if self._clock_stop.wait(self.config.clock_interval_s):
                 return
 
+    def _stop_clock(self) -> None:
+        """No more clock measurements, and no thread of ours left inside a store call (see
+        ``clock.Waiter``): the clock thread's wait is cut short and the thread joined; on rank 0 the
+        clock server stops and is joined."""
+        self._clock_stop.set()
+        waiter, coordination = self._clock_waiter, self._coordination
+        if self._clock_server is not None:
+            self._clock_server.stop(CLOCK_JOIN_S)
+        elif waiter is not None and coordination is not None and coordination.cancel is not None:
+            waiter.cancel(coordination.cancel)
+            thread = self._startup_thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(CLOCK_JOIN_S)
+
     def _clock_wanted(self) -> bool:
         return bool(self.config.clock_sync and self.world_size and self.world_size > 1 and self.run_id)
 
@@ -322,12 +339,12 @@ class Session:
     def _measure_clock(self, phase: str) -> None:
         """A non-zero rank: its offset to rank 0's clock now, into the metadata (never raises)."""
         rounds = self.config.clock_rounds
-        store = self._coordination.talk if self._coordination is not None else None
-        if store is None:
+        waiter = self._clock_waiter
+        if waiter is None:
             result = {"error": self._no_store_reason(), "rounds": 0, "rounds_asked": rounds}
         else:
             try:
-                result = clock.measure(store, self._clock_base(), self.rank, rounds, CLOCK_WAIT_S)
+                result = clock.measure(waiter, self._clock_base(), self.rank, rounds, CLOCK_WAIT_S)
             except Exception as exc:
                 result = {"error": f"the store failed: {exc!r}", "rounds": 0, "rounds_asked": rounds}
         if self._clock_stop.is_set() and result.get("error"):
@@ -438,7 +455,9 @@ class Session:
                 }
             )
             path = os.path.join(self.writer.rank_dir, f"{RANK_META_PREFIX}-{self.incarnation}.json")
-        _atomic_json(path, meta)
+            # Written under the lock: the clock thread and the closing thread may both write, and the
+            # file last written must hold the latest state (``closed`` above all).
+            _atomic_json(path, meta)
 
     def _sampler_meta(self) -> dict | None:
         sampler = self.sampler
@@ -634,8 +653,8 @@ class Session:
         if self.closed or os.getpid() != self.pid:
             return
         began = time.monotonic()
-        self._clock_stop.set()
         self._wait_ready(min(timeout_s, STARTUP_READY_S))
+        self._stop_clock()
         self.closed = True
         self._closing_thread = threading.get_ident()
         _closing = self
@@ -662,11 +681,6 @@ class Session:
                 self.sampler.close()
             except Exception as exc:
                 warn_once("fail:sampler", "the last network counters were not written: %r", exc)
-        if self._clock_server is not None:
-            try:
-                self._clock_server.stop()
-            except Exception:
-                pass
         self.waits["close_s"] = round(time.monotonic() - began, 6)
         if self.writer is not None:
             try:

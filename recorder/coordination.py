@@ -26,22 +26,29 @@ from datetime import timedelta
 
 RUN_ID_KEY = "commtrace/run_id"
 POLL_S = 0.05  # between checks of a store that cannot be cloned
+OP_TIMEOUT = timedelta(seconds=5)  # any call on our clients that names no timeout of its own
 
 
 class Coordination:
     """The job's store, as the recorder uses it: a client for the start-up and clock thread
-    (``talk``), on rank 0 one more for the clock server (``serve``), and one for the link probe."""
+    (``talk``); with clock measurements, on rank 0 one for the clock server (``serve``, which rank 0's
+    ``talk`` stops), elsewhere one that cuts a measurement short when the trace closes (``cancel``);
+    and one for the link probe."""
 
-    def __init__(self, store, clock_server: bool, probe: bool) -> None:
+    def __init__(self, store, rank: int, clock: bool, probe: bool) -> None:
         self._store = store  # torch's client: only for clone(), or for quick calls where that fails
         self.error: str | None = None  # why no client of our own could be opened
         self.talk = self._clone()
-        self.serve = self._clone() if clock_server and self.talk is not None else None
-        self.probe = self._clone() if probe and self.talk is not None else None
+        own = self.talk is not None
+        self.serve = self._clone() if clock and rank == 0 and own else None
+        self.cancel = self._clone() if clock and rank != 0 and own else None
+        self.probe = self._clone() if probe and own else None
 
     def _clone(self):
         try:
-            return self._store.clone()
+            client = self._store.clone()
+            client.set_timeout(OP_TIMEOUT)  # a store that stopped answering never holds a thread of ours long
+            return client
         except Exception as exc:
             self.error = f"the job's store cannot open a second client ({type(self._store).__name__}: {exc!r})"
             return None

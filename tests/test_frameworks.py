@@ -34,15 +34,22 @@ def _clock_complete(meta: dict[int, dict]) -> None:
             assert start["rounds"] == start["rounds_asked"] and "error" not in start, (rank, start)
 
 
-def test_groups_made_right_after_init_are_not_held_up(tmp_trace: Path):
+def test_groups_made_right_after_init_are_not_held_up(tmp_path: Path, tmp_trace: Path):
     """Groups made while the recorder sets its trace up (DeepSpeed's initialize does this) meet in
-    the store at once: the recorder's own waits are on store clients of its own."""
-    proc = run_job(torchrun(2, JOBS / "new_groups.py", "8"), clean_env(COMMTRACE_DIR=str(tmp_trace)))
+    the store at once: the recorder's own waits are on store clients of its own. Once the trace is
+    closed no thread of the recorder's is left in a store call (the clock server and the clock
+    thread are stopped and joined): one returning from it while the interpreter finalizes aborts the
+    process ("terminate called without an active exception")."""
+    env = clean_env(COMMTRACE_DIR=str(tmp_trace), JOB_OUT=str(tmp_path))
+    proc = run_job(torchrun(2, JOBS / "new_groups.py", "8"), env)
     assert C10D_TIMEOUT not in proc.stderr, proc.stderr[-3000:]
     assert not _our_warnings(proc.stderr), proc.stderr[-3000:]
     meta = rank_meta(tmp_trace)
     assert sorted(meta) == [0, 1] and all(m["closed"] for m in meta.values())
     _clock_complete(meta)
+    for rank in (0, 1):
+        alive = json.loads((tmp_path / f"threads-{rank}.json").read_text())
+        assert [name for name in alive if name.startswith("commtrace")] == ["commtrace-signals"], alive
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +113,11 @@ def test_deepspeed_is_not_held_up_and_rank_0_says_where_the_run_went(deepspeed_r
     meta = rank_meta(run["traces"])
     assert sorted(meta) == [0, 1] and all(m["closed"] and m["failure"] is None for m in meta.values())
     _clock_complete(meta)
+    from analysis import Run, diagnose
+
+    loaded = Run.open(run_dir)
+    assert loaded.group_labels()["1"] == "ranks 0-1"  # DeepSpeed's clone of the world group has no description
+    assert diagnose.diagnose(loaded)["recording"] == []
 
 
 @pytest.mark.slow
