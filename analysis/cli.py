@@ -10,79 +10,108 @@
     analyze-trace sql RUN_DIR "SELECT ..." an ad-hoc query over the run's views
     analyze-trace export RUN_DIR -o trace.json   Chrome/Perfetto trace of every rank
     analyze-trace report RUN_DIR [--compare BASELINE] -o report.html   one HTML file: plots and findings
-    analyze-trace diagnose RUN_DIR [--fail-on-problem]   everything that was flagged
+    analyze-trace diagnose RUN_DIR [--fail-on-problem] [--fail-on-recording]   what went wrong, in words
     analyze-trace compare RUN_A RUN_B [--threshold 0.1] [--fail-on-regression]
 
-Every subcommand takes ``--format table|json|csv``. Exit codes: 0 success; 1 when ``diagnose
---fail-on-problem`` or ``compare --fail-on-regression`` finds something; 2 bad input (one line on
-stderr, no traceback).
+Every subcommand takes ``--format table|json|csv``: tables are for people (units in the headers,
+sizes and durations in the units that read best, ``analysis.text``), JSON and CSV for scripts (their
+column names only ever gain new ones). Exit codes: 0 success; 1 when ``diagnose --fail-on-problem``
+(the job's faults), ``diagnose --fail-on-recording`` (the recording's own health) or ``compare
+--fail-on-regression`` finds something; 2 bad input (one line on stderr, no traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 import duckdb
 import polars as pl
 
-from analysis import findings, progress
+from analysis import findings, progress, text
 from analysis.load import Run, TraceError
 
 
-def _emit(frame: pl.DataFrame, fmt: str, title: str | None = None) -> None:
+def _emit(
+    frame: pl.DataFrame,
+    fmt: str,
+    title: str | None = None,
+    columns: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+    formatters: dict | None = None,
+    note: str | None = None,
+) -> None:
+    """A finding's frame: every column, and the old names of renamed ones, for ``json`` and ``csv``;
+    for people (``table``), the ``columns`` chosen, in words (``analysis.text``), and a ``note`` under it."""
     progress.stop()
     if fmt == "json":
-        sys.stdout.write(frame.write_json() + "\n")
+        sys.stdout.write(findings.with_legacy_columns(frame).write_json() + "\n")
     elif fmt == "csv":
-        sys.stdout.write(frame.write_csv())
+        sys.stdout.write(findings.with_legacy_columns(frame).write_csv())
     else:
         if title:
             print(title)
-        with pl.Config(
-            tbl_rows=200,
-            tbl_cols=30,
-            tbl_width_chars=200,
-            tbl_hide_dataframe_shape=True,
-            tbl_hide_column_data_types=True,
-            fmt_str_lengths=60,
-        ):
-            print(frame)
+        if frame.is_empty():
+            print("  (none)")
+        else:
+            print(text.table(frame, columns, headers, formatters))
+        if note:
+            print(textwrap.fill(note, width=110))
 
 
 def _open(args: argparse.Namespace) -> Run:
     run = Run.open(args.run)
     progress.clear()
     if args.format == "table":
-        print(f"run {run.run_id}: world size {run.world_size}, hosts {', '.join(run.hosts) or '?'}")
+        hosts = ", ".join(text.clean(h) for h in run.hosts) or "?"
+        print(f"run {text.clean(run.run_id)}: world size {run.world_size}, hosts {hosts}")
         for problem in run.problems:
-            print(f"warning: {problem}")
+            print(f"warning: {text.clean(problem)}")
     return run
 
 
+def _json(payload: dict) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(payload, default=str) + "\n")
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
-    _emit(findings.summary(_open(args)), args.format, "operations per process group:")
+    title = "operations per process group and op (calls summed over ranks; times: issue to completion on a rank):"
+    headers = {"events": "calls", "ranks": "ranks seen", "size_bytes": "median size S"}
+    _emit(findings.summary(_open(args)), args.format, title, text.SUMMARY_COLUMNS, headers, note=text.S_NOTE)
     return 0
 
 
 def cmd_collectives(args: argparse.Namespace) -> int:
-    title = "bandwidth per process group, op and message size (time after the last rank arrived; GB/s = 1e9 B/s):"
-    _emit(findings.collectives(_open(args)), args.format, title)
+    title = "bandwidth per process group, op and message size (times: after the last rank arrived):"
+    note = f"algbw = S / time, busbw = algbw x the nccl-tests bus factor; GB/s = 1e9 bytes/s. {text.S_NOTE}"
+    frame = findings.collectives(_open(args))
+    _emit(frame, args.format, title, text.COLLECTIVES_COLUMNS, {"bytes": "total S"}, note=note)
     return 0
 
 
 def cmd_stragglers(args: argparse.Namespace) -> int:
-    title = "arrival per rank (lateness = start - the first rank's start; outlier_score > 3.5: a slow rank):"
-    _emit(findings.stragglers(_open(args), args.min_skew_ms), args.format, title)
+    note = (
+        "lateness = this rank's start - the first rank's start; score: robust z-score of the rank's mean lateness "
+        "against the others'; mean gap: time between finishing one collective and starting the next; outside comm: "
+        "the share of its lateness spent outside communication. A straggler has a score above 3.5, a mean "
+        "lateness of 1 ms or more, was last 5 times or more, spent 25 % of its lateness or more outside "
+        "communication, and has no slow or lossy link on its host."
+    )
+    from analysis import diagnose
+
+    frame = diagnose.judged_stragglers(_open(args), min_skew_ms=args.min_skew_ms)
+    formatters = {"compute_share": text.percent, "flagged": lambda v: "yes" if v else "no"}
+    _emit(frame, args.format, "arrival per rank:", text.STRAGGLERS_COLUMNS, formatters=formatters, note=note)
     return 0
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    _emit(
-        findings.latency(_open(args), args.max_bytes),
-        args.format,
-        f"latency of messages up to {args.max_bytes} B (collectives: after the last arrival):",
-    )
+    run = _open(args)
+    title = f"latency of messages up to {text.size(args.max_bytes)} (collectives: after the last arrival):"
+    _emit(run.with_group(findings.latency(run, args.max_bytes)), args.format, title, note=text.S_NOTE)
     return 0
 
 
@@ -91,13 +120,13 @@ def cmd_steps(args: argparse.Namespace) -> int:
     if frame.is_empty() and args.format == "table":
         print("no steps were marked (call recorder.step() once per training step)")
         return 0
-    _emit(frame, args.format, "communication per step and rank:")
+    _emit(frame, args.format, "communication per step and rank (comm: issue to completion, summed):")
     return 0
 
 
 def cmd_hangs(args: argparse.Namespace) -> int:
     run = _open(args)
-    hung, desynced = findings.hangs(run), findings.desyncs(run)
+    hung, desynced = run.with_group(findings.hangs(run)), run.with_group(findings.desyncs(run))
     if args.format == "table":
         if hung.is_empty() and desynced.is_empty():
             print("no hang and no desync: every member finished every collective it was part of")
@@ -108,12 +137,16 @@ def cmd_hangs(args: argparse.Namespace) -> int:
             _emit(desynced, "table", "members that disagree at the same seq:")
         return 0
     if args.format == "json":
-        import json
-
-        sys.stdout.write(json.dumps({"hangs": hung.to_dicts(), "desyncs": desynced.to_dicts()}) + "\n")
+        _json({"hangs": hung.to_dicts(), "desyncs": desynced.to_dicts()})
     else:
-        _emit(hung, "csv")
+        _emit(_csv_ready(hung), "csv")
     return 0
+
+
+def _csv_ready(frame: pl.DataFrame) -> pl.DataFrame:
+    """CSV holds no lists: rank lists become text ("0 1 3"), as a spreadsheet can take them."""
+    lists = [c for c, kind in frame.schema.items() if isinstance(kind, pl.List)]
+    return frame.with_columns(pl.col(c).cast(pl.List(pl.String)).list.join(" ") for c in lists)
 
 
 def cmd_network(args: argparse.Namespace) -> int:
@@ -125,9 +158,7 @@ def cmd_network(args: argparse.Namespace) -> int:
         "bad_intervals": findings.bad_intervals(run),
     }
     if args.format == "json":
-        import json
-
-        sys.stdout.write(json.dumps({k: v.to_dicts() for k, v in parts.items()}, default=str) + "\n")
+        _json({k: v.to_dicts() for k, v in parts.items()})
         return 0
     if args.format == "csv":
         _emit(parts["interfaces"], "csv")
@@ -149,31 +180,34 @@ def cmd_network(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    import json
-
     from analysis import diagnose
 
     run = Run.open(args.run)
     report = diagnose.diagnose(run)
+    progress.stop()
     if args.format == "json":
-        sys.stdout.write(json.dumps(report, default=str) + "\n")
+        _json(report)
+    elif args.format == "csv":
+        rows = [{"part": "job", **_flat(f)} for f in report["findings"]]
+        rows += [{"part": "recording", **_flat(f)} for f in report["recording"]]
+        rows += [{"part": "recording", "kind": "unreadable_file", "summary": p} for p in report["problems"]]
+        columns = ["part", "kind", "rank", "host", "pg", "seq", "summary"]
+        frame = pl.DataFrame([{c: r.get(c) for c in columns} for r in rows], schema=dict.fromkeys(columns, pl.String))
+        sys.stdout.write(frame.write_csv())
     else:
-        print(f"run {report['run_id']}: world size {report['world_size']}, hosts {', '.join(report['hosts'])}")
-        for problem in report["problems"]:
-            print(f"warning: {problem}")
-        found = False
-        for key in ("dead_ranks", "hangs", "desyncs", "stragglers", "slow_links", "packet_loss"):
-            if report[key]:
-                found = True
-                _emit(pl.DataFrame(report[key]), "table" if args.format == "table" else "csv", f"{key}:")
-        if not found:
-            print("nothing flagged: no straggler, slow link, packet loss, hang, desync or dead rank")
-    return 1 if args.fail_on_problem and diagnose.flagged(report) else 0
+        for line in diagnose.describe(report):
+            print(line)
+    fail = (args.fail_on_problem and diagnose.flagged(report)) or (
+        args.fail_on_recording and diagnose.recording_flagged(report)
+    )
+    return 1 if fail else 0
+
+
+def _flat(entry: dict) -> dict:
+    return {k: None if v is None else str(v) for k, v in entry.items()}
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import json
-
     from analysis import compare
 
     a, b = Run.open(args.run_a), Run.open(args.run_b)
@@ -184,11 +218,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     }
     regressed = any(frame["regression"].any() for frame in parts.values() if not frame.is_empty())
     if args.format == "json":
-        sys.stdout.write(json.dumps({k: v.to_dicts() for k, v in parts.items()}, default=str) + "\n")
+        _json({k: findings.with_legacy_columns(v).to_dicts() for k, v in parts.items()})
     elif args.format == "csv":
         _emit(parts["collectives"], "csv")
     else:
-        print(f"A = {a.run_id}, B = {b.run_id}; regression: worse by more than {args.threshold:.0%}")
+        names = f"A = {text.clean(a.run_id)}, B = {text.clean(b.run_id)}"
+        print(f"{names}; regression: worse by more than {args.threshold:.0%}")
         for key, frame in parts.items():
             if not frame.is_empty():
                 _emit(frame, "table", f"{key}:")
@@ -308,7 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
         "every finding, reduced to what was flagged (the JSON contract is in analysis/diagnose.py)",
         "analyze-trace diagnose traces/20261129-101500-ab12cd --format json --fail-on-problem",
     )
-    p.add_argument("--fail-on-problem", action="store_true", help="exit 1 when anything is flagged")
+    p.add_argument("--fail-on-problem", action="store_true", help="exit 1 when the job had a fault")
+    p.add_argument(
+        "--fail-on-recording",
+        action="store_true",
+        help="exit 1 when the recording itself is incomplete or imprecise (ranks missing, events dropped, clocks)",
+    )
     p = sub.add_parser(
         "compare",
         help="two runs side by side per group/op/size, per rank and per host, regressions flagged",

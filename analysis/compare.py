@@ -12,17 +12,20 @@ import polars as pl
 from analysis import findings
 from analysis.load import Run
 
-KEYS = ["pg", "op", "pg_size", "size_bucket"]
+KEYS = ["pg", "op", "pg_size", "size_bucket"]  # op as called; sizes are S as nccl-tests defines it
 
 
 def collectives(a: Run, b: Run, threshold: float = 0.10) -> pl.DataFrame:
-    left = findings.collectives(a).select(KEYS + ["count", "p50_ms", "busbw_gbps"])
-    right = findings.collectives(b).select(KEYS + ["count", "p50_ms", "busbw_gbps"])
+    left = findings.collectives(a).select(KEYS + ["count", "p50_ms", "busbw_GBps"])
+    right = findings.collectives(b).select(KEYS + ["count", "p50_ms", "busbw_GBps"])
     joined = left.join(right, on=KEYS, how="full", suffix="_b", coalesce=True)
+    pgs = joined["pg"].unique().to_list()
+    labels = {**a.group_labels(pgs), **b.group_labels(pgs)}
+    group = pl.col("pg").replace_strict(labels, default="?", return_dtype=pl.String).alias("group")
     return (
-        joined.rename({"count": "count_a", "p50_ms": "p50_ms_a", "busbw_gbps": "busbw_gbps_a"})
+        joined.rename({"count": "count_a", "p50_ms": "p50_ms_a", "busbw_GBps": "busbw_GBps_a"})
         .with_columns(
-            (pl.col("busbw_gbps_b") / pl.col("busbw_gbps_a")).round(4).alias("busbw_ratio"),
+            (pl.col("busbw_GBps_b") / pl.col("busbw_GBps_a")).round(4).alias("busbw_ratio"),
             (pl.col("p50_ms_b") / pl.col("p50_ms_a")).round(4).alias("p50_ratio"),
         )
         .with_columns(
@@ -30,6 +33,7 @@ def collectives(a: Run, b: Run, threshold: float = 0.10) -> pl.DataFrame:
             .fill_null(False)
             .alias("regression")
         )
+        .with_columns(group)
         .sort(KEYS)
     )
 

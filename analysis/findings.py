@@ -7,10 +7,41 @@ import polars as pl
 from analysis import formulas
 from analysis.load import P2P_OPS_SQL, SIGNATURE_SIZE_SQL, Run, _sql_string
 
+# Columns renamed so that their names say their unit; JSON and CSV output carry the old name too,
+# for the scripts that read it (fields are only ever added there).
+LEGACY_COLUMNS = {
+    "algbw_GBps": "algbw_gbps",
+    "busbw_GBps": "busbw_gbps",
+    "busbw_GBps_a": "busbw_gbps_a",
+    "busbw_GBps_b": "busbw_gbps_b",
+    "bandwidth_GBps": "bandwidth_gbps",
+    "start_GBps": "start_gbps",
+    "end_GBps": "end_gbps",
+    "best_GBps": "best_gbps",
+    "median_GBps": "median_gbps",
+    "others_GBps": "others_gbps",
+}
+
+
+def with_legacy_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with each renamed column also under its old name (for JSON and CSV)."""
+    extra = [pl.col(new).alias(old) for new, old in LEGACY_COLUMNS.items() if new in frame.columns]
+    if "bandwidth_Gbitps" in frame.columns:
+        extra.append((pl.col("bandwidth_Gbitps") * 1000).round(1).alias("bandwidth_mbitps"))
+    return frame.with_columns(extra) if extra else frame
+
 
 def summary(run: Run) -> pl.DataFrame:
-    """Per (process group, op): how often, how much data, how long (on each rank, issue to completion)."""
-    return run.sql("""
+    """Per (process group, op as called): its nccl-tests family, how often (``events``: calls, summed
+    over ranks), how much data, how long (on each rank, issue to completion).
+
+    Sizes are S as nccl-tests defines it per op (``analysis.formulas``): ``size_bytes`` the median per
+    call, ``total_bytes`` their sum. ``bytes_in`` (the inputs' bytes, summed) is kept for scripts that
+    read it; for all_gather it is S / n.
+    """
+    family = formulas.family_sql("op")
+    size = formulas.message_bytes_sql(family=family)
+    frame = run.sql(f"""
         SELECT pg, any_value(pg_desc) AS pg_desc, any_value(pg_size) AS pg_size, op,
                count(*) AS events,
                count(DISTINCT rank) AS ranks,
@@ -18,11 +49,15 @@ def summary(run: Run) -> pl.DataFrame:
                round(quantile_cont(duration_ms, 0.5), 3) AS p50_ms,
                round(quantile_cont(duration_ms, 0.95), 3) AS p95_ms,
                round(max(duration_ms), 3) AS max_ms,
-               count(*) FILTER (WHERE status <> 'ok') AS not_ok
-        FROM collectives
+               count(*) FILTER (WHERE status <> 'ok') AS not_ok,
+               any_value(family) AS family,
+               CAST(median(size) AS BIGINT) AS size_bytes,
+               CAST(sum(size) AS BIGINT) AS total_bytes
+        FROM (SELECT *, {family} AS family, {size} AS size FROM collectives)
         GROUP BY pg, op
         ORDER BY pg, events DESC, op
     """)
+    return run.with_group(frame)
 
 
 def _instances_sql(run: Run) -> str:
@@ -40,15 +75,17 @@ def _instances_sql(run: Run) -> str:
 
 
 def collectives(run: Run) -> pl.DataFrame:
-    """Per (process group, op family, size bucket): count, bytes, transfer time percentiles, algbw, busbw.
+    """Per (process group, op as called, size bucket): the op's nccl-tests family, count, total S,
+    transfer time percentiles, algbw, busbw.
 
-    S and the bus factor follow nccl-tests (see analysis.formulas); algbw = S / t, busbw = algbw x
-    factor(n) with n the group's size; t is each instance's transfer time after the last arrival.
-    Bandwidths are the medians over instances, in GB/s (1e9 B/s), unrounded: a few bytes moved in
-    milliseconds is well under 1e-6 GB/s, and rounding it to 0 would hide it from plots and turn a
-    comparison's ratio into a division by zero.
+    S and the bus factor follow nccl-tests (see analysis.formulas); ``size_bucket`` is the power of two
+    at or below S; algbw = S / t, busbw = algbw x factor(n) with n the group's size; t is each
+    instance's transfer time after the last arrival. Bandwidths are the medians over instances, in
+    GB/s (1e9 B/s: ``algbw_GBps``, ``busbw_GBps``), unrounded: a few bytes moved in milliseconds is
+    well under 1e-6 GB/s, and rounding it to 0 would hide it from plots and turn a comparison's ratio
+    into a division by zero.
     """
-    return run.sql(f"""
+    frame = run.sql(f"""
         WITH inst AS ({_instances_sql(run)}),
         sized AS (
             SELECT *, {formulas.message_bytes_sql()} AS size_bytes,
@@ -56,18 +93,20 @@ def collectives(run: Run) -> pl.DataFrame:
                    {formulas.bus_factor_sql()} AS factor
             FROM inst WHERE ok
         )
-        SELECT pg, family AS op, pg_size,
+        SELECT pg, op, pg_size,
                CAST(pow(2, floor(log2(greatest(size_bytes, 1)))) AS BIGINT) AS size_bucket,
                count(*) AS count, CAST(sum(size_bytes) AS BIGINT) AS bytes,
                round(quantile_cont(transfer_ns, 0.5) / 1e6, 4) AS p50_ms,
                round(quantile_cont(transfer_ns, 0.95) / 1e6, 4) AS p95_ms,
                round(quantile_cont(transfer_ns, 0.99) / 1e6, 4) AS p99_ms,
-               quantile_cont(size_bytes / transfer_ns, 0.5) AS algbw_gbps,
-               quantile_cont(size_bytes / transfer_ns * factor, 0.5) AS busbw_gbps
+               quantile_cont(size_bytes / transfer_ns, 0.5) AS algbw_GBps,
+               quantile_cont(size_bytes / transfer_ns * factor, 0.5) AS busbw_GBps,
+               family
         FROM sized
-        GROUP BY pg, family, pg_size, size_bucket
+        GROUP BY pg, op, family, pg_size, size_bucket
         ORDER BY pg, op, size_bucket
     """)
+    return run.with_group(frame)
 
 
 def straggler_instances(run: Run) -> pl.DataFrame:
@@ -465,21 +504,22 @@ _BUSIEST_INTERFACE_SQL = """
 
 def links(run: Run) -> pl.DataFrame:
     """The link probe's host-pair matrix: per (source host, destination host), the median bandwidth
-    (GB/s, measured where the data arrived) and 8-byte exchange latency over both probe phases."""
+    (measured where the data arrived; GB/s and Gbit/s) and 8-byte exchange latency over both probe
+    phases, and each phase's bandwidth (GB/s)."""
     return run.sql("""
         SELECT src_host, dst_host, count(*) AS measurements,
-               round(median(bandwidth_gbps), 6) AS bandwidth_gbps,
-               round(median(bandwidth_gbps) * 8000, 1) AS bandwidth_mbitps,
+               round(median(bandwidth_gbps), 6) AS bandwidth_GBps,
+               round(median(bandwidth_gbps) * 8, 4) AS bandwidth_Gbitps,
                round(median(latency_us), 1) AS latency_us,
-               round(median(bandwidth_gbps) FILTER (WHERE phase = 'start'), 6) AS start_gbps,
-               round(median(bandwidth_gbps) FILTER (WHERE phase = 'end'), 6) AS end_gbps
+               round(median(bandwidth_gbps) FILTER (WHERE phase = 'start'), 6) AS start_GBps,
+               round(median(bandwidth_gbps) FILTER (WHERE phase = 'end'), 6) AS end_GBps
         FROM probe GROUP BY src_host, dst_host ORDER BY src_host, dst_host
     """)
 
 
 def slow_links(run: Run, factor: float = 0.5) -> pl.DataFrame:
     """Hosts whose link is slow: every probed pair that involves the host (either direction) is slower
-    than ``factor`` x the median of the pairs that do not involve it.
+    than ``factor`` x the median of the pairs that do not involve it (bandwidths in GB/s).
 
     A slow host link slows all of that host's pairs and none of the others', so the comparison names
     the host rather than a pair; it needs at least three probed hosts (with two, both ends of the one
@@ -502,8 +542,8 @@ def slow_links(run: Run, factor: float = 0.5) -> pl.DataFrame:
             FROM hosts h, pairs p GROUP BY h.host
         ),
         busiest AS ({_BUSIEST_INTERFACE_SQL})
-        SELECT p.host, b.interface, p.pairs, round(p.best_gbps, 6) AS best_gbps,
-               round(p.median_gbps, 6) AS median_gbps, round(p.others_gbps, 6) AS others_gbps
+        SELECT p.host, b.interface, p.pairs, round(p.best_gbps, 6) AS best_GBps,
+               round(p.median_gbps, 6) AS median_GBps, round(p.others_gbps, 6) AS others_GBps
         FROM per_host p LEFT JOIN busiest b USING (host)
         WHERE (SELECT count(*) FROM hosts) >= 3 AND p.others_gbps IS NOT NULL AND p.best_gbps < ? * p.others_gbps
         ORDER BY p.host

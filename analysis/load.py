@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import duckdb
 import pyarrow.parquet as pq
 
+from analysis import text
+
 SCHEMA_VERSION = 1  # the newest trace schema this analysis understands
 # The columns the analysis reads, with their Parquet physical types: a file that has them under
 # other types (a stranger's file, a damaged footer) is skipped, not left to fail a query.
@@ -74,6 +76,7 @@ class Run:
     _one_layout: bool = False  # every segment has the same columns, in the same order
     _footers: dict[str, dict] = field(default_factory=dict)  # segment -> its commtrace.* key-value metadata
     _members: dict[str, set[int]] = field(default_factory=dict)  # pg -> member ranks, from the ranks' metadata
+    _labels: dict[str, str] | None = None  # pg -> the group in words (group_labels)
 
     @classmethod
     def open(cls, path: str | os.PathLike, memory_limit: str | None = None) -> Run:
@@ -284,6 +287,41 @@ class Run:
     @property
     def hosts(self) -> list[str]:
         return sorted({str(m.get("host")) for m in self.ranks.values() if m.get("host")})
+
+    def group_labels(self, pgs=None) -> dict[str, str]:
+        """Each process group in words (``analysis.text.group_label``): its description, or its ranks
+        where it has none, from the ranks' metadata. ``pgs``: groups wanted; one the metadata does not
+        describe is labelled from its events (a scan, so only for those asked for)."""
+        if self._labels is None:
+            descs: dict[str, str] = {}
+            for meta in self.ranks.values():
+                for group in meta.get("process_groups") or []:
+                    if isinstance(group, dict) and group.get("pg") is not None:
+                        desc = group.get("desc")
+                        if isinstance(desc, str) and desc and str(group["pg"]) not in descs:
+                            descs[str(group["pg"])] = desc
+            self._labels = {pg: text.group_label(descs.get(pg), members) for pg, members in self._members.items()}
+        unknown = sorted({str(pg) for pg in pgs or () if pg is not None} - set(self._labels))
+        if unknown:
+            found = self.sql(
+                "SELECT pg, any_value(pg_desc) AS desc, list(DISTINCT rank ORDER BY rank) AS ranks "
+                "FROM raw_collectives WHERE list_contains(?, pg) GROUP BY pg",
+                [unknown],
+            )
+            for pg, desc, ranks in found.iter_rows():
+                self._labels[pg] = text.group_label(desc, ranks)
+        return self._labels
+
+    def with_group(self, frame):
+        """``frame`` with a ``group`` column, the label of its ``pg``, last (CSV readers that count
+        columns find the others where they were)."""
+        import polars as pl
+
+        if "pg" not in frame.columns or "group" in frame.columns:
+            return frame
+        labels = self.group_labels(frame["pg"].unique().to_list())
+        column = pl.Series("group", [labels.get(pg, "?") if pg is not None else None for pg in frame["pg"]])
+        return frame.with_columns(column)
 
     def ensure_instances(self) -> None:
         """Create the ``instances`` table (once): one row per collective instance (pg, seq), p2p left out.

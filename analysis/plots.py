@@ -22,6 +22,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator
 
+from analysis import text
+
 
 class Plot(Figure):
     """A matplotlib Figure that shows itself in Jupyter as a PNG (no pyplot needed)."""
@@ -45,10 +47,7 @@ def _empty(title: str, why: str, size: tuple[float, float] = (7, 2.5)) -> Figure
 
 
 def _bytes_label(value: float, _pos=None) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if value >= size:
-            return f"{value / size:g} {unit}"
-    return f"{value:g} B"
+    return text.size(value)
 
 
 def png(fig: Figure, dpi: int = 110) -> bytes:
@@ -70,9 +69,9 @@ def busbw_by_size(collectives: pl.DataFrame | Mapping[str, pl.DataFrame]) -> Fig
         if frame is not None and not frame.is_empty()
     ]
     data = pl.concat(rows, how="diagonal_relaxed") if rows else pl.DataFrame()
-    if data.is_empty() or data["busbw_gbps"].drop_nulls().is_empty():
+    if data.is_empty() or data["busbw_GBps"].drop_nulls().is_empty():
         return _empty("Bus bandwidth by message size", "no completed collective with a measurable transfer time")
-    data = data.filter(pl.col("busbw_gbps") > 0)
+    data = data.filter(pl.col("busbw_GBps") > 0)
     ops = sorted(data["op"].unique().to_list())
     cols = min(3, len(ops))
     rows_n = math.ceil(len(ops) / cols)
@@ -86,7 +85,8 @@ def busbw_by_size(collectives: pl.DataFrame | Mapping[str, pl.DataFrame]) -> Fig
         for label, pg in lines:
             line = part.filter((pl.col("_run") == label) & (pl.col("pg") == pg)).sort("size_bucket")
             size = line["pg_size"][0]
-            name = " · ".join(x for x in (label, f"pg {pg} ({size} ranks)") if x)
+            group = line["group"][0] if "group" in line.columns else None
+            name = " · ".join(x for x in (label, f"pg {pg} ({group or f'{size} ranks'})") if x)
             # one run: a colour per group; several: a colour per run, a line style per group
             if len(labels) == 1:
                 colour, style = PALETTE[groups.index(pg) % len(PALETTE)], "-"
@@ -95,7 +95,7 @@ def busbw_by_size(collectives: pl.DataFrame | Mapping[str, pl.DataFrame]) -> Fig
                 style = ("-", "--", ":", "-.")[groups.index(pg) % 4]
             ax.plot(
                 line["size_bucket"].to_list(),
-                line["busbw_gbps"].to_list(),
+                line["busbw_GBps"].to_list(),
                 style,
                 marker="o",
                 markersize=3.5,
@@ -108,7 +108,7 @@ def busbw_by_size(collectives: pl.DataFrame | Mapping[str, pl.DataFrame]) -> Fig
         ax.xaxis.set_major_locator(LogLocator(base=4))
         ax.xaxis.set_major_formatter(FuncFormatter(_bytes_label))
         ax.set_title(op)
-        ax.set_xlabel("message size (bucket)")
+        ax.set_xlabel("message size S (nccl-tests), power-of-two bucket")
         ax.set_ylabel("busbw (GB/s)")
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize="x-small")
@@ -251,7 +251,7 @@ def probe_matrices(links: pl.DataFrame) -> Figure:
     fig = Plot(figsize=(2 * size + 0.8, size), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, column, label, cmap in (
-        (axes[0], "bandwidth_mbitps", "bandwidth (Mbit/s), higher is better", "viridis"),
+        (axes[0], "bandwidth_Gbitps", "bandwidth (Gbit/s), higher is better", "viridis"),
         (axes[1], "latency_us", "latency (µs), lower is better", "viridis_r"),
     ):
         grid = [[math.nan] * len(hosts) for _ in hosts]
@@ -270,9 +270,9 @@ def probe_matrices(links: pl.DataFrame) -> Figure:
                     if not math.isnan(v):
                         red, green, blue, _ = image.cmap(image.norm(v))
                         dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
-                        text = f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+                        figure = f"{v:.0f}" if v >= 100 else f"{v:.3g}"
                         ax.text(
-                            j, i, text, ha="center", va="center", fontsize="small", color="white" if dark else "black"
+                            j, i, figure, ha="center", va="center", fontsize="small", color="white" if dark else "black"
                         )
         names = [h if len(h) <= 14 else h[:13] + "…" for h in hosts]
         ax.set_xticks(range(len(hosts)), names, rotation=45, ha="right")
@@ -300,8 +300,10 @@ def comparison(compared: pl.DataFrame, label_a: str = "A", label_b: str = "B", l
         .head(limit)
         .sort(["op", "size_bucket", "pg"])
     )
+    groups = data["group"].to_list() if "group" in data.columns else [None] * data.height
     names = [
-        f"{op} {_bytes_label(size)} · pg {pg}" for op, size, pg in data.select("op", "size_bucket", "pg").iter_rows()
+        f"{op} {_bytes_label(size)} · pg {pg}" + (f" ({group})" if group else "")
+        for (op, size, pg), group in zip(data.select("op", "size_bucket", "pg").iter_rows(), groups, strict=True)
     ]
     ratios = data["busbw_ratio"].to_list()
     colours = [

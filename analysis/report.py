@@ -15,15 +15,23 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import json
 
 import polars as pl
 
-from analysis import compare, diagnose, findings, timelines
+from analysis import compare, diagnose, findings, health, text, timelines
 from analysis.export import write_new_file
 from analysis.load import Run, TraceError
 
 MAX_ROWS = 60  # per table; the rest is counted, not shown
+_HEALTH_HEADERS = {
+    "clock_rounds": "clock rounds",
+    "clock_rounds_asked": "of",
+    "clock_offset_ms": "clock offset",
+    "clock_uncertainty_ms": "±",
+    "clock_drift_ms": "drift",
+    "longest_wait_s": "longest wait",
+    "longest_wait": "for",
+}
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d1d1f; }
@@ -35,6 +43,7 @@ h3 { font-size: 15px; margin: 20px 0 6px; }
 .verdict { padding: 12px 16px; border-radius: 6px; margin: 16px 0; }
 .ok { background: #e8f6ee; border-left: 5px solid #009E73; }
 .bad { background: #fdeee6; border-left: 5px solid #D55E00; }
+.warn { background: #fdf6e3; border-left: 5px solid #E69F00; }
 .verdict ul { margin: 6px 0 0; padding-left: 20px; }
 table { border-collapse: collapse; margin: 6px 0 12px; font-size: 12.5px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
@@ -45,47 +54,32 @@ figcaption { color: #555; font-size: 12.5px; margin-top: 4px; }
 footer { color: #888; font-size: 12px; margin-top: 40px; }
 """
 
-# diagnose lists, in the order an engineer reads them, with what each means
-_FLAGS = [
-    ("dead_ranks", "Dead ranks", "ranks that stopped recording long before the others"),
-    ("hangs", "Hangs", "the first collective of a group that not every member finished"),
-    ("desyncs", "Desyncs", "members that disagreed on a collective's op, size or dtype"),
-    ("slow_links", "Slow links", "hosts whose every probed pair is far slower than the others"),
-    ("packet_loss", "Packet loss", "hosts whose TCP connections retransmit, or whose NIC counts errors or drops"),
-    ("stragglers", "Stragglers", "ranks that arrive late at collectives because they are slow themselves"),
-]
 
-
-def _text(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, dict | list):
-        return json.dumps(value, default=str, separators=(", ", ": "))
-    return str(value)
-
-
-def _table(rows: list[dict], columns: list[str] | None = None) -> str:
-    """An HTML table of dicts, every cell escaped; at most MAX_ROWS rows."""
+def _table(
+    rows: list[dict], columns: list[str] | None = None, headers: dict[str, str] | None = None, formatters=None
+) -> str:
+    """An HTML table of dicts in the words of ``analysis.text`` (the CLI's headers and units), every cell
+    escaped; at most MAX_ROWS rows."""
     if not rows:
         return "<p class=more>(none)</p>"
-    columns = columns or list(dict.fromkeys(k for row in rows for k in row))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    columns = [c for c in columns or list(dict.fromkeys(k for row in rows for k in row)) if c in rows[0]]
+    formatters = formatters or {}
+    heads = "".join(f"<th>{html.escape((headers or {}).get(c) or text.header(c))}</th>" for c in columns)
     body = []
     for row in rows[:MAX_ROWS]:
         cells = []
         for c in columns:
             value = row.get(c)
             numeric = isinstance(value, int | float) and not isinstance(value, bool)
-            cells.append(f"<td{' class=num' if numeric else ''}>{html.escape(_text(value))}</td>")
+            shown = formatters[c](value) if c in formatters else text.cell(c, value)
+            cells.append(f"<td{' class=num' if numeric else ''}>{html.escape(shown)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     more = f"<p class=more>… and {len(rows) - MAX_ROWS} more rows</p>" if len(rows) > MAX_ROWS else ""
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
+    return f"<table><thead><tr>{heads}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
 
 
-def _frame(frame: pl.DataFrame) -> str:
-    return _table(frame.to_dicts(), frame.columns)
+def _frame(frame: pl.DataFrame, columns: list[str] | None = None, headers=None, formatters=None) -> str:
+    return _table(frame.to_dicts(), columns or frame.columns, headers, formatters)
 
 
 def _figure(fig, caption: str) -> str:
@@ -137,41 +131,62 @@ def _metadata(run: Run) -> list[dict]:
 
 
 def _verdict(report: dict) -> str:
-    items = []
-    for key, title, _ in _FLAGS:
-        for entry in report.get(key) or []:
-            who = ", ".join(
-                f"{k} {html.escape(_text(entry[k]))}"
-                for k in ("rank", "host", "pg", "seq", "interface", "culprit_rank")
-                if entry.get(k) is not None
-            )
-            items.append(f"<li><b>{html.escape(title)}</b>: {who}</li>")
+    """What diagnose found, a sentence a finding (the same sentences as ``analyze-trace diagnose``)."""
+    items = [
+        f"<li><b>{html.escape(f['kind'].replace('_', ' '))}</b>: {html.escape(f['summary'])}</li>"
+        for f in report.get("findings") or []
+    ]
     if not items:
         return (
             '<div class="verdict ok"><b>Nothing flagged.</b> '
-            "No straggler, slow link, packet loss, hang, desync or dead rank.</div>"
+            "No straggler, slow or lossy link, hang, desync or dead rank.</div>"
         )
     return f'<div class="verdict bad"><b>{len(items)} finding(s)</b><ul>{"".join(items)}</ul></div>'
+
+
+def _recording_verdict(report: dict) -> str:
+    """The recording's own health, apart from the job's faults."""
+    entries = list(report.get("recording") or [])
+    entries += [{"kind": "unreadable_file", "summary": p} for p in report.get("problems") or []]
+    if not entries:
+        return (
+            '<div class="verdict ok"><b>The recording is complete.</b> Every rank recorded and closed its trace, '
+            "nothing was dropped, and clock offsets were measured.</div>"
+        )
+    items = [
+        f"<li><b>{html.escape(e['kind'].replace('_', ' '))}</b>: {html.escape(e['summary'])}</li>" for e in entries
+    ]
+    return (
+        f'<div class="verdict warn"><b>The recording: {len(items)} thing(s) to know</b> before trusting every '
+        f"figure below<ul>{''.join(items)}</ul></div>"
+    )
 
 
 def _run_sections(run: Run, report: dict) -> list[str]:
     from analysis import plots
 
-    out = [_verdict(report)]
-    flagged_kinds = [(key, title, meaning) for key, title, meaning in _FLAGS if report.get(key)]
+    out = [_verdict(report), _recording_verdict(report)]
+    flagged_kinds = [(key, title, meaning) for key, title, meaning in diagnose.KINDS if report.get(key)]
     if flagged_kinds:
         out.append("<h2>What diagnose flagged</h2>")
     for key, title, meaning in flagged_kinds:
         entries = report[key]
         out.append(f"<h3>{html.escape(title)} ({len(entries)})</h3><p class=sub>{html.escape(meaning)}</p>")
-        out.append(_table(entries))
-    clean = [title.lower() for key, title, _ in _FLAGS if not report.get(key)]
+        out.append(_table([{k: v for k, v in e.items() if k != "evidence"} for e in entries]))
+    clean = [title.lower() for key, title, _ in diagnose.KINDS if not report.get(key)]
     if clean and flagged_kinds:
         out.append(f"<p class=sub>Checked, nothing found: {html.escape(', '.join(clean))}.</p>")
     out += ["<h2>The run</h2>", _table(_metadata(run), ["", "value"])]
+    out += [
+        "<h2>The recording</h2>",
+        "<p class=sub>Per rank: whether it closed its trace, what it wrote and dropped, its clock offset to "
+        "rank 0 (rounds measured, ± half the round trip, drift to its last measurement), and the longest the "
+        "job waited for the recorder.</p>",
+        _frame(health.per_rank(run), headers=_HEALTH_HEADERS),
+    ]
 
-    stragglers = findings.stragglers(run)
-    flagged = {s["rank"] for s in report.get("stragglers") or []}
+    stragglers = diagnose.judged_stragglers(run, report)
+    flagged = set(stragglers.filter(pl.col("flagged"))["rank"].to_list())
     out.append("<h2>Who arrived late</h2>")
     out.append(_figure(plots.rank_lateness(stragglers, flagged), "Mean and p95 arrival lateness per rank."))
     out.append(
@@ -181,12 +196,19 @@ def _run_sections(run: Run, report: dict) -> list[str]:
             "moment when everyone waited.",
         )
     )
-    out.append(_frame(stragglers))
+    out.append(
+        _frame(
+            stragglers,
+            text.STRAGGLERS_COLUMNS,
+            formatters={"compute_share": text.percent, "flagged": lambda v: "yes" if v else "no"},
+        )
+    )
 
     collectives = findings.collectives(run)
     out.append("<h2>Bandwidth</h2>")
     out.append(_figure(plots.busbw_by_size(collectives), "Bus bandwidth (nccl-tests busbw) by message size, per op."))
-    out.append(_frame(collectives))
+    out.append(_frame(collectives, text.COLLECTIVES_COLUMNS, {"bytes": "total S"}))
+    out.append(f"<p class=sub>{html.escape(text.S_NOTE)}; GB/s = 1e9 bytes/s.</p>")
 
     series = timelines.host_series(run)
     origin = timelines.origin_ns(run)

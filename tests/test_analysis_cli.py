@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import WORLD, clean_env
+from conftest import ROOT, WORLD, clean_env
 
 NO_TORCH = "import sys; sys.modules['torch'] = None; from analysis.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -59,7 +59,7 @@ def test_collectives_and_stragglers_without_torch(spawned):
     assert {"pg", "op", "size_bucket", "algbw_gbps", "busbw_gbps", "p50_ms"} <= set(rows[0])
     proc = _cli("stragglers", str(spawned["run"]), "--format", "csv")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0].startswith("rank,collectives,times_last")
+    assert proc.stdout.splitlines()[0].startswith("rank,collectives,times_last")  # columns are only added
     assert len(proc.stdout.splitlines()) == 1 + WORLD
 
 
@@ -158,3 +158,92 @@ def test_progress_only_on_a_terminal(spawned):
     assert b"analyze-trace sql ..." in seen  # shown while the query ran, on the terminal only
     piped = _cli("sql", str(spawned["run"]), "SELECT 1 AS one", "--format", "csv")
     assert piped.stderr == ""
+
+
+def _two_group_run(path):
+    """Two ranks: all_reduce on the default group, all_gather_into_tensor (1 KiB in, 2 KiB out) on a
+    group made without a description, as DeepSpeed's cloned world group is."""
+    from synthetic import T0, event, write_run
+
+    rows = []
+    for seq in range(8):
+        base = T0 + seq * 10_000_000
+        for rank in (0, 1):
+            rows.append(event(rank, seq, "all_reduce", 2, 4096, 4096, base, base + 2_000_000))
+            rows.append(
+                event(rank, seq, "all_gather_into_tensor", 2, 1024, 2048, base + 5_000_000, base + 6_000_000, pg="1")
+            )
+    run = write_run(path, rows, 2)
+    for rank in (0, 1):
+        meta_path = run / f"rank={rank:05d}" / "rank-1-0000.json"
+        meta = json.loads(meta_path.read_text())
+        meta["process_groups"] = [
+            {"pg": "0", "desc": "default_pg", "ranks": [0, 1], "size": 2},
+            {"pg": "1", "desc": "undefined", "ranks": [0, 1], "size": 2},
+        ]
+        meta_path.write_text(json.dumps(meta))
+    return run
+
+
+def test_one_vocabulary_for_ops_sizes_groups_and_bandwidth(tmp_path):
+    """summary and collectives name an op as it was called, with its nccl-tests family; both measure a
+    message as nccl-tests' S (all_gather: the whole output); a group without a description is named by
+    its ranks; bandwidth columns say GB/s, and the old names stay in JSON for scripts."""
+    run = _two_group_run(tmp_path / "run")
+    summary = {r["op"]: r for r in json.loads(_cli("summary", str(run), "--format", "json").stdout)}
+    gather = summary["all_gather_into_tensor"]
+    assert (gather["family"], gather["size_bytes"], gather["group"]) == ("all_gather", 2048, "ranks 0-1")
+    assert gather["bytes_in"] == 8 * 2 * 1024  # kept for scripts: the inputs, summed
+    assert summary["all_reduce"]["group"] == "default_pg"
+    rows = {r["op"]: r for r in json.loads(_cli("collectives", str(run), "--format", "json").stdout)}
+    gather = rows["all_gather_into_tensor"]
+    assert (gather["family"], gather["size_bucket"], gather["group"]) == ("all_gather", 2048, "ranks 0-1")
+    assert gather["algbw_GBps"] == gather["algbw_gbps"] == 2048 / 1_000_000  # 2 KiB in 1 ms
+    assert gather["busbw_GBps"] == gather["busbw_gbps"] == 2048 / 1_000_000 / 2
+
+    table = _cli("collectives", str(run)).stdout
+    assert "algbw (GB/s)" in table and "busbw (GB/s)" in table and "size S from" in table and "total S" in table
+    line = next(x for x in table.splitlines() if "all_gather_into_tensor" in x)
+    assert line.split()[:5] == ["1", "ranks", "0-1", "all_gather_into_tensor", "all_gather"]
+    assert "2 KiB" in line and "1 ms" in line
+    table = _cli("summary", str(run)).stdout
+    assert "median size S" in table and "S = the message size as nccl-tests defines it" in table
+    line = next(x for x in table.splitlines() if "all_gather_into_tensor" in x)
+    assert "2 KiB" in line and "32 KiB" in line  # S per call, and 16 calls' worth
+
+
+def test_text_output_says_each_finding_in_a_sentence():
+    """A slow and lossy link is one finding that says both, with its figures in the units people use;
+    the JSON keeps its lists and gains the sentences."""
+    run = str(ROOT / "sample_traces" / "lossy")
+    proc = _cli("diagnose", run)
+    assert proc.returncode == 0, proc.stderr
+    findings = [line for line in proc.stdout.splitlines() if line.startswith("  - ")]
+    assert len(findings) == 1, proc.stdout
+    assert findings[0].startswith("  - link: labs-host1 eth0: a slow and lossy link: the probe measured ")
+    assert "Mbit/s to and from its peers" in findings[0] and "Gbit/s" in findings[0]
+    assert "% of the bytes its 4 TCP connections of the job sent were retransmitted" in findings[0]
+    report = json.loads(_cli("diagnose", run, "--format", "json").stdout)
+    assert [x["host"] for x in report["slow_links"]] == [x["host"] for x in report["packet_loss"]] == ["labs-host1"]
+    (link,) = report["findings"]
+    assert (link["kind"], link["host"], link["slow"], link["lossy"]) == ("link", "labs-host1", True, True)
+
+
+def test_stragglers_table_says_who_is_flagged_and_why():
+    straggler = _cli("stragglers", str(ROOT / "sample_traces" / "straggler")).stdout
+    rows = {int(line.split()[0]): line for line in straggler.splitlines() if line[:4].strip().isdigit()}
+    assert "  yes  " in rows[0] and "a slow rank: 100 % of its lateness is time spent outside communication" in rows[0]
+    assert all("  no  " in rows[r] and "arrives with its peers" in rows[r] for r in (1, 2))
+    assert "A straggler has a score above 3.5" in straggler
+    # behind a lossy link, lateness is the link's: the table says which gate a late rank did not pass
+    lossy = json.loads(_cli("stragglers", str(ROOT / "sample_traces" / "lossy"), "--format", "json").stdout)
+    assert not any(r["flagged"] for r in lossy) and all(r["verdict"] for r in lossy)
+
+
+def test_csv_of_every_sample_for_hangs_and_diagnose():
+    """Lists (rank lists, evidence) do not break CSV: one line per finding, exit 0."""
+    for sample in ("healthy", "lossy", "slow-link", "straggler", "sweep", "sweep-slow-link"):
+        run = str(ROOT / "sample_traces" / sample)
+        for command in ("hangs", "diagnose"):
+            proc = _cli(command, run, "--format", "csv")
+            assert proc.returncode == 0 and "Traceback" not in proc.stderr, (sample, command, proc.stderr)

@@ -15,9 +15,9 @@ def test_nccl_inspector_reduce_scatter_row(tmp_path):
     result = findings.collectives(Run.open(write_run(tmp_path / "run", rows, n))).to_dicts()
     assert len(result) == 1
     row = result[0]
-    assert row["op"] == "reduce_scatter" and row["bytes"] == per_rank * n
-    assert row["algbw_gbps"] == pytest.approx(19.065, abs=0.001)
-    assert row["busbw_gbps"] == pytest.approx(18.469, abs=0.001)
+    assert row["op"] == "reduce_scatter_tensor" and row["family"] == "reduce_scatter" and row["bytes"] == per_rank * n
+    assert row["algbw_GBps"] == pytest.approx(19.065, abs=0.001)
+    assert row["busbw_GBps"] == pytest.approx(18.469, abs=0.001)
 
 
 @pytest.mark.parametrize(
@@ -34,8 +34,8 @@ def test_bus_bandwidth_factors(tmp_path, op, n, bytes_in, bytes_out, size, facto
     rows = [event(r, 0, op, n, bytes_in, bytes_out, T0, T0 + t_ns) for r in range(n)]
     row = findings.collectives(Run.open(write_run(tmp_path / "run", rows, n))).to_dicts()[0]
     assert row["bytes"] == size and row["size_bucket"] == size
-    assert row["algbw_gbps"] == pytest.approx(size / t_ns, abs=0.001)
-    assert row["busbw_gbps"] == pytest.approx(size / t_ns * factor, abs=0.001)
+    assert row["algbw_GBps"] == pytest.approx(size / t_ns, abs=0.001)
+    assert row["busbw_GBps"] == pytest.approx(size / t_ns * factor, abs=0.001)
     assert formulas.bus_factor(formulas.FAMILY[op], n) == pytest.approx(factor)
 
 
@@ -48,7 +48,7 @@ def test_transfer_time_starts_at_the_last_arrival(tmp_path):
         rows.append(event(r, 0, "all_reduce", n, size, size, start, T0 + 50_000_000 + 2_000_000))
     row = findings.collectives(Run.open(write_run(tmp_path / "run", rows, n))).to_dicts()[0]
     assert row["p50_ms"] == pytest.approx(2.0)
-    assert row["algbw_gbps"] == pytest.approx(size / 2_000_000, abs=1e-3)
+    assert row["algbw_GBps"] == pytest.approx(size / 2_000_000, abs=1e-3)
 
 
 def test_slow_rank_stands_out(tmp_path):
@@ -91,16 +91,16 @@ def test_a_tiny_slow_collective_keeps_its_bandwidth(tmp_path):
     n = 4
     rows = [event(r, 0, "all_gather", n, 8, 8 * n, T0, T0 + 50_000_000) for r in range(n)]
     (row,) = findings.collectives(Run.open(write_run(tmp_path / "run", rows, n))).to_dicts()
-    assert row["busbw_gbps"] == pytest.approx(8 * n / 50e6 * (n - 1) / n, rel=1e-9)
+    assert row["busbw_GBps"] == pytest.approx(8 * n / 50e6 * (n - 1) / n, rel=1e-9)
     assert row["p50_ms"] == 50.0
 
 
 def test_real_trace_collectives(spawned):
     run = Run.open(spawned["run"])
     table = findings.collectives(run).to_dicts()
-    ops = {(r["pg"], r["op"]) for r in table}
+    ops = {(r["pg"], r["family"]) for r in table}
     assert ("0", "all_reduce") in ops and ("0", "all_gather") in ops and ("0", "reduce_scatter") in ops
-    assert all(r["busbw_gbps"] > 0 and r["p50_ms"] > 0 for r in table)
+    assert all(r["busbw_GBps"] > 0 and r["p50_ms"] > 0 for r in table)
     strag = findings.stragglers(run).to_dicts()
     assert sorted(r["rank"] for r in strag) == [0, 1, 2, 3]
     assert findings.hangs(run).is_empty(), findings.hangs(run)  # every rank finished everything

@@ -87,7 +87,7 @@ def test_slow_link_names_the_host_and_the_probe_measures_its_rate(tmp_trace):
     through = [p for p in _links(tmp_trace) if culprit in (p["src_host"], p["dst_host"])]
     assert len(through) == 2 * (HOSTS - 1)
     for pair in through:  # payload rate against the shaper's rate (which counts headers too)
-        assert 0.85 * RATE_MBIT <= pair["bandwidth_mbitps"] <= 1.15 * RATE_MBIT, (slow, pair)
+        assert 0.85 * RATE_MBIT <= pair["bandwidth_Gbitps"] * 1000 <= 1.15 * RATE_MBIT, (slow, pair)
 
 
 def test_lossy_link_names_the_host_alone(tmp_trace):

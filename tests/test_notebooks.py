@@ -47,8 +47,8 @@ def test_notebook_runs_top_to_bottom(name):
 def test_postmortem_names_the_lossy_host():
     _, notebook = executed("postmortem.ipynb")
     verdict = next(cell for cell in notebook.cells if "report = diagnose.diagnose(run)" in cell.source)
-    text = verdict.outputs[0]["data"]["text/plain"]
-    assert "packet_loss" in text and "labs-host1" in text
+    text = verdict.outputs[0]["text"]  # printed: the same sentences as analyze-trace diagnose
+    assert "link: labs-host1 eth0: a slow and lossy link" in text and "the recording: nothing to report" in text
 
 
 def test_comparison_flags_the_slow_link_run():
@@ -56,5 +56,7 @@ def test_comparison_flags_the_slow_link_run():
     buckets = next(cell for cell in notebook.cells if "compare.collectives(a, b" in cell.source)
     table = buckets.outputs[0]["data"]["text/html"]
     assert "true" in table.lower()  # at least one regression flagged
-    verdicts = notebook.cells[-1].outputs[0]["data"]["text/plain"]
-    assert "'sweep': 'nothing flagged'" in verdicts and "slow_links" in verdicts
+    printed = notebook.cells[-1].outputs[0]["text"]
+    healthy, slow = printed.split("run sweep-slow-link:")
+    assert healthy.startswith("run sweep:") and "the job: nothing flagged" in healthy
+    assert "labs-host1 eth0: a slow link" in slow

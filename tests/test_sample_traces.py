@@ -56,5 +56,5 @@ def test_probe_matrix_of_the_slow_link_run():
     through = [p for p in links if "labs-host1" in (p["src_host"], p["dst_host"])]
     others = [p for p in links if "labs-host1" not in (p["src_host"], p["dst_host"])]
     assert len(through) == 4 and len(others) == 2
-    assert all(85 <= p["bandwidth_mbitps"] <= 115 for p in through), through
-    assert min(p["bandwidth_mbitps"] for p in others) > 2 * max(p["bandwidth_mbitps"] for p in through)
+    assert all(85 <= p["bandwidth_Gbitps"] * 1000 <= 115 for p in through), through
+    assert min(p["bandwidth_Gbitps"] * 1000 for p in others) > 2 * max(p["bandwidth_Gbitps"] * 1000 for p in through)
