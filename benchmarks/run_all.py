@@ -6,8 +6,10 @@ each figure against its target (../shared/DESIGN.md, Numbers).
 
     python benchmarks/run_all.py [--only overhead,ddp,...] [--out BENCHMARKS.md]
 
-Takes about 15 minutes on 2 cores, most of it generating and analysing the 2e8-event run (once:
-it is kept in --scratch and reused).
+Takes about 25 minutes on 2 cores, most of it generating and analysing the 2e8-event run (once:
+it is kept in --scratch and reused) and the 20 DeepSpeed jobs. With ``--only``, the benchmarks not
+chosen keep the figures the existing file holds (its raw results), each row saying when and at which
+commit it was measured.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -72,32 +75,82 @@ def _machine() -> list[tuple[str, str]]:
     ]
 
 
+# Each benchmark (what --only names) and the keys of its raw results.
+GROUPS = {
+    "overhead": ["overhead"],
+    "profile": ["profile", "native"],
+    "ddp": ["ddp", "ddp_in_process", "ddp_one_rank"],
+    "frameworks": ["frameworks"],
+    "sampler": ["sampler"],
+    "memory": ["memory"],
+    "scale": ["scale"],
+    "out_of_core": ["out_of_core"],
+}
+STAMPS = "_measured"  # raw results' key for when and at which commit each was measured
+
+
+def _previous(path: str) -> tuple[dict, str]:
+    """The raw results of an earlier BENCHMARKS.md (its JSON block), and when and at which commit that
+    file was written (for results it does not stamp one by one)."""
+    try:
+        with open(path) as fh:
+            text = fh.read()
+        raw = json.loads(text.split("```json", 1)[1].split("```", 1)[0])
+    except (OSError, IndexError, ValueError):
+        return {}, "?"
+    header = dict(re.findall(r"^\| (date|commit) \| ([^|]+) \|$", text, re.M))
+    return raw, f"{header.get('date', '?').strip()}, {header.get('commit', '?').strip()}"
+
+
 def _spread(low, mid, high, unit: str) -> str:
     return f"{mid}{unit} (min {low}, max {high})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated: overhead, profile, ddp, sampler, memory, scale, out_of_core")
+    parser.add_argument(
+        "--only", help="comma-separated: overhead, profile, ddp, frameworks, sampler, memory, scale, out_of_core"
+    )
     parser.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     parser.add_argument("--scratch", default="/tmp", help="where the synthetic runs are generated and kept")
     args = parser.parse_args()
     chosen = set(args.only.split(",")) if args.only else None
+    unknown = (chosen or set()) - set(GROUPS)
+    if unknown:
+        raise SystemExit(f"unknown benchmarks {sorted(unknown)}; choose from {', '.join(GROUPS)}")
+    previous, written = _previous(args.out) if chosen else ({}, "?")
+    machine = dict(_machine())
+    stamp = f"{machine['date']}, {machine['commit']}"
     py = sys.executable
     scale_run = os.path.join(args.scratch, "commtrace-scale-64x200k")
     big_run = os.path.join(args.scratch, "commtrace-ooc-2e8")
-    rows: list[tuple[str, str, str, str, bool | None]] = []  # what, command, figure, target, met
+    rows: list[tuple[str, str, str, str, bool | None, str]] = []  # what, command, figure, target, met, when
     raw: dict[str, list[dict]] = {}
+    stamps: dict[str, str] = {}
+    group_of = {key: group for group, keys in GROUPS.items() for key in keys}
+    current = [""]  # the raw key the rows being added come from
 
     def want(name: str) -> bool:
-        return chosen is None or name in chosen
+        """Measure ``name`` now, or show what the existing file measured (when it has it)."""
+        if chosen is None or name in chosen:
+            return True
+        return all(key in previous for key in GROUPS[name])
+
+    def measure(key: str, command: list[str], timeout: float = 3600) -> list[dict]:
+        current[0] = key
+        if chosen is None or group_of[key] in chosen:
+            stamps[key] = stamp
+            return _run(command, timeout)
+        stamps[key] = previous.get(STAMPS, {}).get(key, written)
+        return previous[key]
 
     def add(what: str, command, figure: str, target: str, met: bool | None) -> None:
-        rows.append((what, " ".join(command[1:]) if command else "-", figure, target, met))
+        command_text = " ".join(command[1:]) if command else "-"
+        rows.append((what, command_text, figure, target, met, stamps.get(current[0], stamp)))
 
     if want("overhead"):
         command = [py, "benchmarks/recorder_overhead.py", "--repeats", "21"]
-        for r in _run(command):
+        for r in measure("overhead", command):
             raw.setdefault("overhead", []).append(r)
             per_op = 2 if r["op"] == "isend_irecv_pair" else 1
             low, mid, high = (round(r[f"added_us_{k}"] / per_op, 2) for k in ("min", "median", "max"))
@@ -105,7 +158,7 @@ def main() -> None:
             add(f"recorder cost per call: {name}", command, _spread(low, mid, high, " us"), "<= 1 us", mid <= 1.0)
     if want("profile"):
         command = [py, "benchmarks/recorder_profile.py", "--repeats", "9"]
-        raw["profile"] = _run(command)
+        raw["profile"] = measure("profile", command)
         for r in raw["profile"]:
             if r["regime"] == "warm":
                 parts = ", ".join(f"{name} {us}" for name, us in r["parts_us"].items())
@@ -119,7 +172,7 @@ def main() -> None:
                 what = f"the same, {r['call']}, caches cold (64 MB swept between calls, as by a training step)"
                 add(what, command, figure, "-", None)
         command = [py, "benchmarks/native_hot_path.py", "--repeats", "9"]
-        raw["native"] = _run(command)
+        raw["native"] = measure("native", command)
         figure = "; ".join(
             f"{r['regime']}: +{r['python_added_us']} us in Python, +{r['native_added_us']} us in C"
             for r in raw["native"]
@@ -142,7 +195,7 @@ def main() -> None:
         ]
         for key, what, options in variants:
             command = [py, "benchmarks/ddp_overhead.py", *options]
-            (raw[key],) = _run(command)
+            (raw[key],) = measure(key, command)
             p = raw[key]
             figure = _spread(p["slowdown_pct_min"], p["slowdown_pct_median"], p["slowdown_pct_max"], " %")
             figure += f"; step {p['step_ms_off_median']} ms off, {p['step_ms_on_median']} ms on"
@@ -154,20 +207,38 @@ def main() -> None:
                 figure += "; too noisy to judge against 0.5 %"
                 met = None
             add(what, command, figure, "< 0.5 %", met)
+        current[0] = "ddp"
         r, separate = raw["ddp"], [py, "benchmarks/ddp_overhead.py", *variants[0][2]]
         per_event = r["bytes_per_event"]
         figure = f"{per_event} B ({r['steps']} steps, {r['events_per_step_per_rank']} events per step and rank)"
         add("bytes on disk per event: those DDP runs", separate, figure, "<= 16 B", per_event <= 16)
+    if want("frameworks"):
+        command = [py, "benchmarks/framework_startup.py", "--pairs", "10"]
+        (r,) = raw["frameworks"] = measure("frameworks", command)
+        raw["frameworks"] = [{k: v for k, v in r.items() if k != "jobs"}]  # the jobs one by one: its stderr
+        for phase, name in (("init_s", "start-up"), ("exit_s", "exit")):
+            plain, recorded = r["plain"][phase], r["recorded"][phase]
+            worst = r[f"worst_{phase.split('_')[0]}_over_plain_max_s"]
+            figure = f"recorded {_spread(recorded['min'], recorded['median'], recorded['max'], ' s')}, "
+            figure += f"unrecorded {_spread(plain['min'], plain['median'], plain['max'], ' s')}; "
+            figure += f"slowest recorded - slowest unrecorded: {worst:+.2f} s"
+            if phase == "init_s":
+                timeouts = r["store_timeouts"]
+                figure += f"; store timeouts: {timeouts['recorded']} recorded, {timeouts['plain']} unrecorded"
+                figure += f"; clocks measured in full in {r['clock_complete']} of {r['pairs']} recorded jobs"
+            met = worst <= 1.0 and r["store_timeouts"]["recorded"] == 0
+            what = f"DeepSpeed {name} (ZeRO {r['stage']}, 2 ranks, torchrun), {r['pairs']} jobs recorded and not"
+            add(what, command, figure, "no recorded job > the slowest unrecorded + 1 s; no store timeout", met)
     if want("sampler"):
         command = [py, "benchmarks/sampler_cost.py", "--seconds", "40"]
-        (r,) = raw["sampler"] = _run(command)
+        (r,) = raw["sampler"] = measure("sampler", command)
         share = r["steady_share_of_one_core_pct"]
         figure = f"{share} % of one core (a bare thread waking as often: {r['bare_wakeups_share_of_one_core_pct']} %)"
         figure += f"; sources {', '.join(r['sources'])}"
         add("sampler at 10 Hz, every source", command, figure, "< 0.2 %", share < 0.2)
     if want("memory"):
         command = [py, "benchmarks/recorder_memory.py", "--calls", "1000000"]
-        (r,) = raw["memory"] = _run(command)
+        (r,) = raw["memory"] = measure("memory", command)
         peak = r["recorder_private_peak_mib"]
         figure = f"{peak} MiB private at peak, growth after 100k calls {r['private_growth_after_100k_calls_mib']} MiB"
         figure += f" (+{r['recorder_shared_file_mib']} MiB of shared library pages)"
@@ -179,7 +250,7 @@ def main() -> None:
         )
     if want("scale"):
         command = [py, "benchmarks/analysis_scale.py", "--run", scale_run, "--repeats", "5", "--pandas-repeats", "5"]
-        (r,) = raw["scale"] = _run(command)
+        (r,) = raw["scale"] = measure("scale", command)
         d, p = r["duckdb"], r["pandas"]
         walls = [d["wall_s"][k] for k in ("min", "median", "max")]
         figure = f"{_spread(*walls, ' s')}, {d['peak_rss_mib']} MiB; straggler found: {d['exactly_the_injected_one']}"
@@ -193,7 +264,7 @@ def main() -> None:
         add(what, None, f"{size / count:.1f} B", "<= 16 B", size / count <= 16)
     if want("out_of_core"):
         command = [py, "benchmarks/analysis_out_of_core.py", "--run", big_run, "--memory-limit", "2GB"]
-        (r,) = raw["out_of_core"] = _run(command, timeout=7200)
+        (r,) = raw["out_of_core"] = measure("out_of_core", command, timeout=7200)
         figure = f"{r['events']:,} events ({r['bytes_on_disk'] / 2**30:.1f} GiB on disk): {r['wall_s']} s"
         figure += f", peak RSS {r['peak_rss_mib']} MiB with DuckDB's limit at {r['memory_limit']}"
         figure += f"; straggler found: {r['exactly_the_injected_one']}"
@@ -203,26 +274,27 @@ def main() -> None:
     lines = [
         "# Benchmarks",
         "",
-        f"Written by `python benchmarks/run_all.py` ({'only ' + args.only if args.only else 'every benchmark'}).",
-        "Each row's command reruns that benchmark alone.",
+        f"Written by `python benchmarks/run_all.py`{' --only ' + args.only if args.only else ''}: "
+        + ("every benchmark measured now." if not chosen else f"{args.only} measured now, the rest kept from before."),
+        "Each row's command reruns that benchmark alone; its last column says when and at which commit it ran.",
         "Figures are medians over paired, alternating runs (min and max beside them); a machine this small is noisy,",
         "so read a ratio measured side by side, not an absolute time.",
         "",
         "| | |",
         "| --- | --- |",
-        *[f"| {k} | {v} |" for k, v in _machine()],
+        *[f"| {k} | {v} |" for k, v in machine.items()],
         "",
-        "| what | command | figure | target | met |",
-        "| --- | --- | --- | --- | --- |",
+        "| what | command | figure | target | met | measured |",
+        "| --- | --- | --- | --- | --- | --- |",
         *[
-            f"| {what} | `{cmd}` | {fig} | {target} | {'-' if met is None else 'yes' if met else 'no'} |"
-            for what, cmd, fig, target, met in rows
+            f"| {what} | `{cmd}` | {fig} | {target} | {'-' if met is None else 'yes' if met else 'no'} | {when} |"
+            for what, cmd, fig, target, met, when in rows
         ],
         "",
         "## Raw results",
         "",
         "```json",
-        json.dumps(raw, indent=1),
+        json.dumps({**raw, STAMPS: stamps}, indent=1),
         "```",
         "",
     ]
