@@ -295,7 +295,7 @@ def main() -> None:
     lines = [
         "# Benchmarks",
         "",
-        f"Written by `python benchmarks/run_all.py`{' --only ' + args.only if args.only else ''}: "
+        f"Written by `python benchmarks/run_all.py{' --only ' + args.only if args.only else ''}`: "
         + ("every benchmark measured now." if not chosen else f"{args.only} measured now, the rest kept from before."),
         "Each row's command reruns that benchmark alone; its last column says when and at which commit it ran.",
         "Figures are medians over paired, alternating runs (min and max beside them); a machine this small is noisy,",
