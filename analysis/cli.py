@@ -48,7 +48,7 @@ def _emit(
     if fmt == "json":
         sys.stdout.write(findings.with_legacy_columns(frame).write_json() + "\n")
     elif fmt == "csv":
-        sys.stdout.write(findings.with_legacy_columns(frame).write_csv())
+        sys.stdout.write(_csv_ready(findings.with_legacy_columns(frame)).write_csv())
     else:
         if title:
             print(title)
@@ -139,14 +139,20 @@ def cmd_hangs(args: argparse.Namespace) -> int:
     if args.format == "json":
         _json({"hangs": hung.to_dicts(), "desyncs": desynced.to_dicts()})
     else:
-        _emit(_csv_ready(hung), "csv")
+        _emit(hung, "csv")
     return 0
 
 
 def _csv_ready(frame: pl.DataFrame) -> pl.DataFrame:
-    """CSV holds no lists: rank lists become text ("0 1 3"), as a spreadsheet can take them."""
-    lists = [c for c, kind in frame.schema.items() if isinstance(kind, pl.List)]
-    return frame.with_columns(pl.col(c).cast(pl.List(pl.String)).list.join(" ") for c in lists)
+    """CSV holds no nested values: lists become text ("0 1 3", as a spreadsheet takes rank lists), structs
+    JSON text."""
+    nested = []
+    for name, kind in frame.schema.items():
+        if isinstance(kind, pl.List | pl.Array):
+            nested.append(pl.col(name).cast(pl.List(pl.String)).list.join(" "))
+        elif isinstance(kind, pl.Struct):
+            nested.append(pl.col(name).struct.json_encode())
+    return frame.with_columns(nested) if nested else frame
 
 
 def cmd_network(args: argparse.Namespace) -> int:

@@ -247,3 +247,13 @@ def test_csv_of_every_sample_for_hangs_and_diagnose():
         for command in ("hangs", "diagnose"):
             proc = _cli(command, run, "--format", "csv")
             assert proc.returncode == 0 and "Traceback" not in proc.stderr, (sample, command, proc.stderr)
+
+
+def test_csv_of_nested_values_from_sql():
+    """A query's lists and structs reach CSV as text, not a traceback."""
+    query = "SELECT rank, list(seq ORDER BY seq) AS seqs, {'n': count(*)} AS counted FROM collectives GROUP BY rank"
+    proc = _cli("sql", str(ROOT / "sample_traces" / "healthy"), query, "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "rank,seqs,counted" and len(lines) == 4
+    assert lines[1].split(",")[1].startswith("0 1 2 ") and '""n"":' in lines[1]
