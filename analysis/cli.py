@@ -416,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
         first = str(exc).splitlines()[0]
         print(f"analyze-trace: {first}; give DuckDB more room (COMMTRACE_ANALYSIS_MEMORY=...)", file=sys.stderr)
         return 2
+    except duckdb.DataError as exc:  # a value the trace holds is beyond what the query can compute with
+        first = str(exc).splitlines()[0]
+        print(f"analyze-trace: the trace holds values out of range ({first})", file=sys.stderr)
+        return 2
     except duckdb.IOException as exc:  # e.g. no space left where DuckDB spills
         print(f"analyze-trace: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

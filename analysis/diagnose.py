@@ -215,7 +215,7 @@ def _dead_ranks(run: Run, thresholds: Thresholds, hosts_by_rank: dict) -> list[d
     rule applies; and only the second to a rank without metadata, which cannot say whether it closed
     (the recording's health names it)."""
     closed = {r for r, m in run.ranks.items() if m.get("closed")}
-    if run.world_size and closed >= set(range(run.world_size)):
+    if run.world_size and sum(1 for r in closed if r < run.world_size) == run.world_size:
         return []  # every rank closed its trace: none died (and no need to scan the events)
     last = run.sql("""
         SELECT rank, arg_max(op, t_start_ns) AS last_op, arg_max(pg, t_start_ns) AS last_pg,

@@ -8,7 +8,9 @@ flight when the trace was written is drawn to the end of the trace and marked ``
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
 from collections.abc import Callable
 from typing import IO
 
@@ -80,6 +82,8 @@ def trace_events(run: Run) -> list[dict]:
     for r in throughput.iter_rows(named=True):
         if (r["host"], r["interface"]) not in busy_interfaces:
             continue
+        if not all(isinstance(v, float) and math.isfinite(v) for v in (r["t0_us"], r["t1_us"], r["gbitps"])):
+            continue  # samples nanoseconds apart, or counters beyond reason: no rate to draw (JSON has no NaN)
         pid = host_pids.setdefault(r["host"], 1_000_000 + len(host_pids))
         name = f"{r['interface']} {r['direction']} Gbit/s"
         events.append(
@@ -100,10 +104,13 @@ def trace_events(run: Run) -> list[dict]:
 
 
 def check_new_file(path: str, overwrite: bool = False) -> None:
-    """Raise TraceError unless ``path`` can be written: it must not exist (unless ``overwrite``) and its
-    folder must. Checked before the work of making the output, so that a refusal costs nothing."""
-    if os.path.exists(path) and not overwrite:
+    """Raise TraceError unless ``path`` can be written: nothing may be there, not even a link to nothing
+    (unless ``overwrite``), and its folder must exist. Checked before the work of making the output,
+    so that a refusal costs nothing."""
+    if os.path.lexists(path) and not overwrite:
         raise TraceError(f"{path} exists; choose another name or pass --force to replace it")
+    if overwrite and os.path.isdir(path):
+        raise TraceError(f"{path} is a folder; name a file")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise TraceError(f"{folder}: no such directory")
@@ -112,14 +119,20 @@ def check_new_file(path: str, overwrite: bool = False) -> None:
 def write_new_file(path: str, content: str | Callable[[IO[str]], None], overwrite: bool = False) -> None:
     """Write ``content`` (text, or a function that writes to the file) to ``path`` whole or not at all.
 
-    It is written under a temporary name first; without ``overwrite`` it is then hard-linked into
-    place, which fails rather than replace a file that appeared meanwhile, so nothing the user had
-    is ever overwritten.
+    It is written to a temporary file of an unpredictable name created in the same folder (so that a
+    link planted under a name we would use cannot redirect the write); without ``overwrite`` it is then
+    hard-linked into place, which fails rather than replace a file that appeared meanwhile, so nothing
+    the user had is ever overwritten; with it, renamed over ``path`` (a link there is replaced, not
+    followed).
     """
     check_new_file(path, overwrite)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    folder, name = os.path.split(os.path.abspath(path))
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot write it ({exc.strerror or exc.__class__.__name__})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             if callable(content):
                 content(fh)
             else:
@@ -133,7 +146,7 @@ def write_new_file(path: str, content: str | Callable[[IO[str]], None], overwrit
     except OSError as exc:
         raise TraceError(f"{path}: cannot write it ({exc.strerror or exc.__class__.__name__})") from None
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
@@ -146,5 +159,5 @@ def write(run: Run, path: str, overwrite: bool = False) -> int:
         "displayTimeUnit": "ms",
         "otherData": {"run_id": run.run_id, "producer": "commtrace"},
     }
-    write_new_file(path, lambda fh: json.dump(document, fh), overwrite)
+    write_new_file(path, lambda fh: json.dump(document, fh, allow_nan=False), overwrite)
     return len(events)

@@ -23,6 +23,12 @@ LEGACY_COLUMNS = {
 }
 
 
+def _sum64(expr: str) -> str:
+    """SQL: the sum of ``expr`` as a 64-bit integer, saturating rather than failing: a trace from
+    elsewhere may hold sizes no job moves (DuckDB sums 64-bit values exactly, in 128 bits)."""
+    return f"CAST(least(greatest(sum({expr}), -9223372036854775808), 9223372036854775807) AS BIGINT)"
+
+
 def with_legacy_columns(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` with each renamed column also under its old name (for JSON and CSV)."""
     extra = [pl.col(new).alias(old) for new, old in LEGACY_COLUMNS.items() if new in frame.columns]
@@ -45,14 +51,14 @@ def summary(run: Run) -> pl.DataFrame:
         SELECT pg, any_value(pg_desc) AS pg_desc, any_value(pg_size) AS pg_size, op,
                count(*) AS events,
                count(DISTINCT rank) AS ranks,
-               sum(bytes_in)::BIGINT AS bytes_in,
+               {_sum64("bytes_in")} AS bytes_in,
                round(quantile_cont(duration_ms, 0.5), 3) AS p50_ms,
                round(quantile_cont(duration_ms, 0.95), 3) AS p95_ms,
                round(max(duration_ms), 3) AS max_ms,
                count(*) FILTER (WHERE status <> 'ok') AS not_ok,
                any_value(family) AS family,
                CAST(median(size) AS BIGINT) AS size_bytes,
-               CAST(sum(size) AS BIGINT) AS total_bytes
+               {_sum64("size")} AS total_bytes
         FROM (SELECT *, {family} AS family, {size} AS size FROM collectives)
         GROUP BY pg, op
         ORDER BY pg, events DESC, op
@@ -95,7 +101,7 @@ def collectives(run: Run) -> pl.DataFrame:
         )
         SELECT pg, op, pg_size,
                CAST(pow(2, floor(log2(greatest(size_bytes, 1)))) AS BIGINT) AS size_bucket,
-               count(*) AS count, CAST(sum(size_bytes) AS BIGINT) AS bytes,
+               count(*) AS count, {_sum64("size_bytes")} AS bytes,
                round(quantile_cont(transfer_ns, 0.5) / 1e6, 4) AS p50_ms,
                round(quantile_cont(transfer_ns, 0.95) / 1e6, 4) AS p95_ms,
                round(quantile_cont(transfer_ns, 0.99) / 1e6, 4) AS p99_ms,
@@ -700,10 +706,10 @@ def steps(run: Run) -> pl.DataFrame:
     comm_ms sums the rank's operation durations (issue to completion, so waiting for late peers
     counts); span_ms runs from the step's first issue to its last completion on that rank.
     """
-    return run.sql("""
+    return run.sql(f"""
         SELECT step, rank, count(*) AS ops, round(sum(duration_ms), 3) AS comm_ms,
                round((max(t_end_ns) - min(t_start_ns)) / 1e6, 3) AS span_ms,
-               CAST(sum(bytes_in) AS BIGINT) AS bytes
+               {_sum64("bytes_in")} AS bytes
         FROM collectives WHERE step IS NOT NULL AND t_end_ns IS NOT NULL
         GROUP BY step, rank ORDER BY step, rank
     """)

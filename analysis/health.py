@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from analysis import text
+from analysis import metadata, text
 from analysis.load import Run
 
 MAX_LISTED_RANKS = 1_000_000  # a world size beyond this in metadata is not enumerated
@@ -46,20 +46,12 @@ _WAITS = {
 }
 
 
-def _as_int(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _as_float(value) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
-        return float(value)
-    return None
+def _whole(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _clock(meta: dict, phase: str) -> dict:
-    clock = meta.get("clock")
-    entry = clock.get(phase) if isinstance(clock, dict) else None
-    return entry if isinstance(entry, dict) else {}
+    return (meta.get("clock") or {}).get(phase) or {}
 
 
 def _segment_ranks(run: Run) -> dict[int, int]:
@@ -82,12 +74,9 @@ def per_rank(run: Run) -> pl.DataFrame:
     for rank in sorted(run.ranks):
         meta = run.ranks[rank]
         start, end = _clock(meta, "start"), _clock(meta, "end")
-        config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-        rtt = _as_float(start.get("rtt_ns"))
-        offset = _as_float(start.get("offset_ns"))
-        end_offset = _as_float(end.get("offset_ns"))
-        waits = meta.get("waits_s") if isinstance(meta.get("waits_s"), dict) else {}
-        user_waits = [(_as_float(v) or 0.0, k) for k, v in waits.items() if k in _WAITS and _WAITS[k][1]]
+        config = meta.get("config") or {}
+        rtt, offset, end_offset = start.get("rtt_ns"), start.get("offset_ns"), end.get("offset_ns")
+        user_waits = [(v, k) for k, v in metadata.waits(meta).items() if k in _WAITS and _WAITS[k][1]]
         longest = max(user_waits) if user_waits else (None, None)
         rows.append(
             {
@@ -95,9 +84,9 @@ def per_rank(run: Run) -> pl.DataFrame:
                 "host": str(meta.get("host")) if meta.get("host") is not None else None,
                 "closed": bool(meta.get("closed")),
                 "segments": segments.get(rank, 0),
-                "dropped_events": _as_int(meta.get("dropped_events")) or 0,
-                "clock_rounds": None if start.get("reference") else _as_int(start.get("rounds")),
-                "clock_rounds_asked": _as_int(start.get("rounds_asked")) or _as_int(config.get("clock_rounds")),
+                "dropped_events": meta.get("dropped_events") or 0,
+                "clock_rounds": None if start.get("reference") else start.get("rounds"),
+                "clock_rounds_asked": start.get("rounds_asked") or _whole(config.get("clock_rounds")),
                 "clock_offset_ms": None if offset is None else offset / 1e6,
                 "clock_uncertainty_ms": None if rtt is None or start.get("reference") else rtt / 2e6,
                 "clock_drift_ms": None if offset is None or end_offset is None else (end_offset - offset) / 1e6,
@@ -134,7 +123,7 @@ def findings(run: Run, limits: Limits = Limits()) -> list[dict]:
     clock, clock_drift, slow_recorder."""
     out: list[dict] = []
     hosts = {r: str(m.get("host")) for r, m in run.ranks.items() if m.get("host") is not None}
-    world = run.world_size if isinstance(run.world_size, int) else None
+    world = run.world_size
     if world and 0 < world <= MAX_LISTED_RANKS:
         missing = sorted(set(range(world)) - set(run.ranks))
         if missing:
@@ -174,9 +163,9 @@ def _rank_findings(row: dict, meta: dict, hosts: dict[int, str], limits: Limits)
         )
         out.append(_finding(row, "dropped_events", summary, dropped_events=row["dropped_events"]))
     out += _clock_findings(row, hosts, limits)
-    waits = meta.get("waits_s") if isinstance(meta.get("waits_s"), dict) else {}
+    waits = metadata.waits(meta)
     for key, (what, user, limit) in _WAITS.items():
-        wait = _as_float(waits.get(key))
+        wait = waits.get(key)
         if wait is None or wait < getattr(limits, limit):
             continue
         took = text.duration_ms(wait * 1000)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import duckdb
 import pyarrow.parquet as pq
 
-from analysis import text
+from analysis import metadata, text
 
 SCHEMA_VERSION = 1  # the newest trace schema this analysis understands
 # The columns the analysis reads, with their Parquet physical types: a file that has them under
@@ -49,6 +49,19 @@ P2P_OPS_SQL = "('send', 'recv', 'recv_anysource')"
 # (scatter: what each receives); all_to_all splits may legally differ.
 SIGNATURE_SIZE_SQL = (
     "CASE WHEN op = 'scatter' THEN bytes_out WHEN op IN ('all_to_all', 'all_to_all_single') THEN NULL ELSE bytes_in END"
+)
+
+
+# DuckDB errors that say nothing about a file's bytes (the query, the values, the memory), unless
+# they name the file they failed to read.
+NOT_THE_FILES = (
+    duckdb.BinderException,
+    duckdb.ParserException,
+    duckdb.CatalogException,
+    duckdb.ConversionException,
+    duckdb.OutOfRangeException,
+    duckdb.OutOfMemoryException,
+    duckdb.InterruptException,
 )
 
 
@@ -88,18 +101,27 @@ class Run:
             raise TraceError(f"{path}: no such directory")
         if not os.path.isdir(path):
             raise TraceError(f"{path}: not a directory (give a run directory written by the recorder)")
-        rank_dirs = sorted(glob.glob(os.path.join(path, "rank=*")))
+        rank_dirs = sorted(glob.glob(os.path.join(glob.escape(path), "rank=*")))
         if not rank_dirs:
-            runs = sorted(glob.glob(os.path.join(path, "*", "rank=*")))
+            runs = sorted(glob.glob(os.path.join(glob.escape(path), "*", "rank=*")))
             hint = f"; it holds runs, e.g. {os.path.dirname(runs[-1])}" if runs else ""
             raise TraceError(f"{path}: not a commtrace run directory (no rank=* folders){hint}")
         problems: list[str] = []
-        run_meta = _read_json(os.path.join(path, "run.json"), problems) or {}
+        run_meta: dict = {}
+        if os.path.lexists(os.path.join(path, "run.json")):
+            raw = metadata.read_json(os.path.join(path, "run.json"), problems, "run.json")
+            run_meta = metadata.typed(raw, metadata.RUN_FIELDS, "run.json", problems) if raw is not None else {}
         ranks: dict[int, dict] = {}
-        for meta_path in sorted(glob.glob(os.path.join(path, "rank=*", "rank-*.json"))):
-            meta = _read_json(meta_path, problems)
-            if isinstance(meta, dict) and isinstance(meta.get("rank"), int):
+        for meta_path in sorted(glob.glob(os.path.join(glob.escape(path), "rank=*", "rank-*.json"))):
+            name = os.path.relpath(meta_path, path)
+            raw = metadata.read_json(meta_path, problems, name)
+            if raw is None:
+                continue
+            meta = metadata.typed(raw, metadata.RANK_FIELDS, name, problems)
+            if "rank" in meta:
                 ranks.setdefault(meta["rank"], meta)
+            else:
+                problems.append(f"{name}: skipped (it names no rank)")
         con = duckdb.connect()
         # DuckDB's own progress bar goes to stdout, into the CSV or JSON a script is reading (ours,
         # analysis.progress, writes to a terminal's stderr only). In Jupyter it starts off, and
@@ -125,7 +147,7 @@ class Run:
                 con.close()
                 raise TraceError(f"memory limit {limit!r}: not a size DuckDB understands (e.g. 2GB, 512MB)") from None
         segments = []
-        found = sorted(glob.glob(os.path.join(path, "rank=*", "collectives-*.parquet")))
+        found = _regular_files(path, "rank=*/collectives-*.parquet", problems)
         checked = _inspect_segments(found, REQUIRED_COLUMNS, con)
         layouts = set()
         footers = {}
@@ -170,10 +192,15 @@ class Run:
         # One timeline: a rank's timestamps plus its measured offset to rank 0's clock. The offsets
         # are a constant list indexed by rank (a join per event costs a fifth of a scan).
         # (Metadata names ranks as JSON integers; anything else it might hold is not an offset.)
-        by_rank = {r: o for r, o in offsets if isinstance(r, int) and 0 <= r < 1_000_000}
-        if by_rank:
+        # Ranks spread thinly (a rank 999999 in a small run) get a map of the offsets there are instead
+        # of a list as long as the largest rank.
+        by_rank = {r: o for r, o in offsets if o}
+        if by_rank and max(by_rank) < 4 * len(by_rank) + 1024:
             listed = ", ".join(str(by_rank.get(r, 0)) for r in range(max(by_rank) + 1))
             self.shift_sql = f"coalesce(list_extract([{listed}]::BIGINT[], rank + 1), 0)"
+        elif by_rank:
+            entries = ", ".join(f"{r}: {o}::BIGINT" for r, o in sorted(by_rank.items()))
+            self.shift_sql = f"coalesce(MAP {{{entries}}}[rank], 0)"
         self.con.execute(f"""
             CREATE VIEW collectives AS
             SELECT * REPLACE (t_start_ns + {self.shift_sql} AS t_start_ns, t_end_ns + {self.shift_sql} AS t_end_ns),
@@ -184,7 +211,7 @@ class Run:
     def _usable(self, pattern: str, required: dict[str, str]) -> tuple[list[str], set[tuple]]:
         """The files under the run matching ``pattern`` that can be read (the rest listed in
         ``problems``), and their distinct column layouts."""
-        found = sorted(glob.glob(os.path.join(self.path, pattern)))
+        found = _regular_files(self.path, pattern, self.problems)
         files, layouts = [], set()
         for path, (reason, layout, _) in zip(found, _inspect_segments(found, required, self.con), strict=True):
             if reason is None:
@@ -446,11 +473,18 @@ class Run:
     def _guarded(self, action):
         """``action()``; if it fails on a file whose footer was fine but whose data is not (a page cut
         or overwritten), that file is dropped from the views, listed in ``problems``, and the action
-        runs again over the rest."""
+        runs again over the rest.
+
+        Errors that are not about reading a file are raised at once and drop nothing: a query's own
+        (a column that does not exist, a syntax error), values out of range (an overflow), running
+        out of memory. Blaming those on the segments once cost minutes of bisecting and dropped
+        good files."""
         while True:
             try:
                 return action()
             except duckdb.Error as exc:
+                if isinstance(exc, NOT_THE_FILES) and "Failed to read file" not in str(exc):
+                    raise
                 named = re.search(r'Failed to read file "([^"]+)"', str(exc))
                 why = str(exc).splitlines()[0][:200]
                 if named and self._drop([(named.group(1), why)]):
@@ -536,20 +570,22 @@ class Run:
         )
 
 
+def _regular_files(root: str, pattern: str, problems: list[str]) -> list[str]:
+    """The files under ``root`` matching ``pattern`` that are regular files; the others (a FIFO, which
+    a reader would wait on forever, a device, a folder) are listed in ``problems``."""
+    files = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(root), pattern))):
+        why = metadata.regular_file_problem(path)
+        if why is None:
+            files.append(path)
+        else:
+            problems.append(f"{os.path.relpath(path, root)}: skipped ({why})")
+    return files
+
+
 def _sql_string(text: str) -> str:
     """A SQL string literal (views cannot take prepared parameters)."""
     return "'" + text.replace("'", "''") + "'"
-
-
-def _read_json(path: str, problems: list[str]):
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError) as exc:
-        problems.append(f"{os.path.basename(path)}: unreadable metadata ({exc.__class__.__name__})")
-        return None
 
 
 def _inspect_segment(path: str, required: dict[str, str] = REQUIRED_COLUMNS) -> tuple[str | None, tuple, dict]:

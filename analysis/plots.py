@@ -20,16 +20,25 @@ from collections.abc import Mapping
 import polars as pl
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, LogLocator
 
 from analysis import text
 
 
 class Plot(Figure):
-    """A matplotlib Figure that shows itself in Jupyter as a PNG (no pyplot needed)."""
+    """A matplotlib Figure that shows itself in Jupyter as a PNG (no pyplot needed).
+
+    Every text in it is drawn literally: host, group and run names come from the trace, and a "$"
+    in one would otherwise be read as math (``$\\frac{$`` fails to draw at all)."""
 
     def _repr_png_(self) -> bytes:
         return png(self)
+
+    def draw(self, renderer) -> None:
+        for label in self.findobj(Text):
+            label.set_parse_math(False)
+        super().draw(renderer)
 
 
 # Colour-blind-safe (Okabe-Ito), in the order lines are drawn.

@@ -1,0 +1,259 @@
+"""Broken and hostile runs, one named case each: every one ends in exit 0 with the damage listed, or exit 2
+with one line; never a traceback, a hang, an escape sequence on the terminal, or a write outside ``-o``.
+
+Each run is a copy of ``sample_traces/healthy`` (or ``lossy``, which has NIC samples) with one thing
+changed, as an attacker or an unlucky user would change it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.cli import main
+from conftest import ROOT, clean_env
+
+SAMPLES = ROOT / "sample_traces"
+COMMANDS = ("summary", "collectives", "stragglers", "hangs", "diagnose")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """``analyze-trace`` in this process (a traceback fails the test as an exception)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def _cli_process(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    """``analyze-trace`` in a process of its own, for what might hang."""
+    return subprocess.run(
+        [sys.executable, "-m", "analysis.cli", *args],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def _copy(tmp_path: Path, sample: str = "healthy") -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(SAMPLES / sample, run)
+    return run
+
+
+def _meta_path(run: Path, rank: int) -> Path:
+    return Path(glob.glob(str(run / f"rank={rank:05d}" / "rank-*.json"))[0])
+
+
+def _edit_meta(run: Path, rank: int, change) -> None:
+    path = _meta_path(run, rank)
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+def _survives(run: Path, commands=COMMANDS, problem: str | None = None) -> None:
+    """Every command: exit 0 with ``problem`` among the warnings (if given), or exit 2 with one line."""
+    for command in commands:
+        proc = _cli(command, str(run))
+        assert "Traceback" not in proc.stderr, (command, proc.stderr[-2000:])
+        if proc.returncode == 2:
+            assert len(proc.stderr.strip().splitlines()) == 1, (command, proc.stderr)
+            continue
+        assert proc.returncode == 0, (command, proc.returncode, proc.stderr[-2000:])
+        assert "\x1b" not in proc.stdout
+        if problem is not None and command != "diagnose":
+            assert problem in proc.stdout, (command, proc.stdout[:2000])
+
+
+# -- 2. query errors are the user's, at once, and drop nothing ---------------------------------------
+def test_a_query_error_is_said_at_once_and_drops_no_segment(tmp_path):
+    run = _copy(tmp_path)
+    for k in range(40):  # many segments: bisecting them one by one is what took minutes
+        for seg in (run / "rank=00000").glob("collectives-*.parquet"):
+            shutil.copy(seg, run / "rank=00000" / f"collectives-9-copy-{k:06d}.parquet")
+            break
+    began = time.monotonic()
+    proc = _cli("sql", str(run), "SELECT nosuchcol FROM collectives")
+    assert time.monotonic() - began < 30
+    assert proc.returncode == 2 and proc.stderr.startswith("analyze-trace: query failed: Binder Error")
+    assert "skipped" not in proc.stdout and "unreadable" not in proc.stderr
+
+
+def test_sizes_beyond_any_job_are_said_not_blamed_on_the_files(tmp_path):
+    """Two segments whose bytes_in is 2^62: sums overflow 64 bits. That is the values' doing, not the
+    files': no segment is dropped as unreadable (the old code dropped them silently and summed one
+    rank), and the sums saturate."""
+    run = _copy(tmp_path)
+    for rank in (0, 1):
+        seg = sorted((run / f"rank={rank:05d}").glob("collectives-*.parquet"))[0]
+        table = pq.read_table(seg)
+        huge = pa.array([1 << 62] * table.num_rows, pa.int64())
+        table = table.set_column(table.schema.get_field_index("bytes_in"), "bytes_in", huge)
+        pq.write_table(table.replace_schema_metadata(pq.read_metadata(seg).metadata), seg)
+    _survives(run, ("summary", "collectives", "diagnose"))
+    proc = _cli("summary", str(run), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert all(r["ranks"] == 3 for r in rows) and max(r["bytes_in"] for r in rows) == (1 << 63) - 1
+
+
+# -- 3. metadata of the wrong type ---------------------------------------------------------------------
+MUTATIONS = {
+    "clock a string": lambda m: m.update(clock="s"),
+    "clock.start not an object": lambda m: m["clock"].update(start=1),
+    "offset_ns text": lambda m: m["clock"]["start"].update(offset_ns="x"),
+    "offset_ns 10^30": lambda m: m["clock"]["start"].update(offset_ns=10**30),
+    "offset_ns 8e18": lambda m: m["clock"]["start"].update(offset_ns=8 * 10**18),
+    "rank 10^30": lambda m: m.update(rank=10**30),
+    "a group rank 10^30": lambda m: m["process_groups"][0].update(ranks=[0, 10**30]),
+    "process_groups a number": lambda m: m.update(process_groups=1),
+    "world_size text": lambda m: m.update(world_size="x"),
+    "dropped_events text": lambda m: m.update(dropped_events="many"),
+    "host a list": lambda m: m.update(host=["a"]),
+}
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_metadata_of_the_wrong_type_is_left_out_and_said(tmp_path, mutation):
+    run = _copy(tmp_path)
+    _edit_meta(run, 1, MUTATIONS[mutation])
+    _survives(run, ("summary", "diagnose"), problem="rank=00001/")
+    proc = _cli("report", str(run), "-o", str(tmp_path / "report.html"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_rank_offset_of_8e18_is_not_applied(tmp_path):
+    from analysis import Run
+
+    run = _copy(tmp_path)
+    _edit_meta(run, 1, lambda m: m["clock"]["start"].update(offset_ns=8 * 10**18))
+    loaded = Run.open(run)
+    assert any("rank=00001/" in p and "offset_ns" in p for p in loaded.problems), loaded.problems
+    assert "offset_ns" not in loaded.ranks[1]["clock"]["start"]
+
+
+@pytest.mark.parametrize("content", ["[1]", '"s"', "42", "[" * 100_000 + "]" * 100_000, "NaN"])
+def test_run_json_that_is_not_an_object(tmp_path, content):
+    run = _copy(tmp_path)
+    (run / "run.json").write_text(content)
+    _survives(run, ("summary", "diagnose"), problem="run.json")
+
+
+def test_rank_json_nested_too_deep(tmp_path):
+    run = _copy(tmp_path)
+    _meta_path(run, 2).write_text("[" * 100_000 + "]" * 100_000)
+    _survives(run, ("summary", "diagnose"), problem="nested too deep")
+
+
+# -- 4. numbers beyond any job ---------------------------------------------------------------------------
+def test_a_world_size_of_a_billion_costs_nothing(tmp_path):
+    run = _copy(tmp_path)
+    for rank in (0, 1, 2):
+        _edit_meta(run, rank, lambda m: m.update(world_size=10**9))
+    began = time.monotonic()
+    _survives(run, ("diagnose",))
+    assert time.monotonic() - began < 30
+
+
+def test_a_rank_of_999999_costs_nothing(tmp_path):
+    run = _copy(tmp_path)
+    _edit_meta(run, 2, lambda m: m.update(rank=999_999))
+    began = time.monotonic()
+    _survives(run, ("summary", "diagnose"))
+    assert time.monotonic() - began < 30
+
+
+# -- 6 and 7. names that are math text or terminal escapes -------------------------------------------
+def test_math_text_in_names_draws_literally(tmp_path):
+    run = _copy(tmp_path, "lossy")
+    for rank in (0, 1, 2):
+        _edit_meta(run, rank, lambda m: m.update(host="$\\frac{$"))
+    (run / "run.json").write_text(json.dumps({"run_id": "$\\x$ run"}))
+    for args in (["-o", str(tmp_path / "a.html")], ["--compare", str(run), "-o", str(tmp_path / "b.html")]):
+        proc = _cli("report", str(run), *args)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_escape_sequences_in_names_never_reach_the_terminal(tmp_path):
+    run = _copy(tmp_path)
+    evil = "x\n\x1b[31mnothing flagged\x1b]0;pwned\x07"
+    for rank in (0, 1, 2):
+        _edit_meta(run, rank, lambda m: m.update(host=evil))
+    for command in COMMANDS:
+        proc = _cli(command, str(run))
+        assert proc.returncode in (0, 1) and "\x1b" not in proc.stdout and "\x07" not in proc.stdout, command
+        assert "\nnothing flagged" not in proc.stdout
+
+
+# -- 8. a FIFO where a file should be --------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "where",
+    ["rank=00001/collectives-9-fifo-000000.parquet", "run.json", "rank=00001/rank-fifo.json", "host=h9/nic-9.parquet"],
+)
+def test_a_fifo_in_a_run_is_skipped_not_waited_on(tmp_path, where):
+    run = _copy(tmp_path, "lossy")
+    target = run / where
+    target.parent.mkdir(exist_ok=True)
+    if target.exists():
+        target.unlink()
+    os.mkfifo(target)
+    proc = _cli_process("diagnose", str(run), timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "not a regular file" in proc.stdout
+
+
+# -- 9 and 10. output files ------------------------------------------------------------------------------
+def test_a_planted_link_cannot_redirect_the_output(tmp_path):
+    """The temporary name is unpredictable and created exclusively; a link at ``-o`` is refused
+    without --force and replaced (not followed) with it."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file")
+    out = tmp_path / "trace.json"
+    (tmp_path / f"trace.json.{os.getpid()}.tmp").symlink_to(victim)  # the name the old scheme used
+    assert main(["export", str(SAMPLES / "healthy"), "-o", str(out)]) == 0  # in this process: this pid
+    assert victim.read_text() == "the user's own file" and not out.is_symlink()
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "nowhere")
+    refused = _cli("export", str(SAMPLES / "healthy"), "-o", str(link))
+    assert refused.returncode == 2 and "exists" in refused.stderr and link.is_symlink()
+    forced = _cli("export", str(SAMPLES / "healthy"), "-o", str(link), "--force")
+    assert forced.returncode == 0 and not link.is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+def test_export_writes_strict_json(tmp_path):
+    """A collective at t_start_ns = 0 and NIC samples nanoseconds apart: no NaN, no Infinity."""
+    run = _copy(tmp_path, "lossy")
+    seg = sorted((run / "rank=00000").glob("collectives-*.parquet"))[0]
+    table = pq.read_table(seg)
+    starts = table.column("t_start_ns").to_pylist()
+    starts[0] = 0
+    table = table.set_column(table.schema.get_field_index("t_start_ns"), "t_start_ns", pa.array(starts, pa.int64()))
+    pq.write_table(table.replace_schema_metadata(pq.read_metadata(seg).metadata), seg)
+    nic = sorted(run.glob("host=*/nic-*.parquet"))[0]
+    table = pq.read_table(nic)
+    base = table.column("t_ns")[0].as_py()
+    table = table.set_column(0, "t_ns", pa.array([base + i for i in range(table.num_rows)], pa.int64()))
+    pq.write_table(table.replace_schema_metadata(pq.read_metadata(nic).metadata), nic)
+    out = tmp_path / "trace.json"
+    assert _cli("export", str(run), "-o", str(out)).returncode == 0
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    trace = json.loads(out.read_text(), parse_constant=refuse)
+    assert trace["traceEvents"]
