@@ -261,6 +261,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     run = _open(args)
+    if not args.allow_external_access:
+        run.lock_down()
     try:
         frame = run.sql(args.query)
     except Exception as exc:  # duckdb's errors are the user's query errors: one line, exit 2
@@ -327,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
         'analyze-trace sql RUN "SELECT op, count(*) FROM collectives WHERE rank = 3 GROUP BY op"',
     )
     p.add_argument("query", help="a DuckDB SQL query")
+    p.add_argument(
+        "--allow-external-access",
+        action="store_true",
+        help="let the query read and write files outside the run, attach databases and load extensions "
+        "(off: it reads the run's own files only)",
+    )
     p = _command(
         sub,
         "latency",

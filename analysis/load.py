@@ -16,6 +16,7 @@ import tempfile
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import duckdb
 import pyarrow.parquet as pq
@@ -62,6 +63,7 @@ NOT_THE_FILES = (
     duckdb.OutOfRangeException,
     duckdb.OutOfMemoryException,
     duckdb.InterruptException,
+    duckdb.PermissionException,
 )
 
 
@@ -90,6 +92,7 @@ class Run:
     _footers: dict[str, dict] = field(default_factory=dict)  # segment -> its commtrace.* key-value metadata
     _members: dict[str, set[int]] = field(default_factory=dict)  # pg -> member ranks, from the ranks' metadata
     _labels: dict[str, str] | None = None  # pg -> the group in words (group_labels)
+    _spill_dirs: ClassVar[dict[int, str]] = {}  # connection id -> its spill folder (for lock_down)
 
     @classmethod
     def open(cls, path: str | os.PathLike, memory_limit: str | None = None) -> Run:
@@ -138,6 +141,7 @@ class Run:
         # perhaps inside the trace), removed with the connection.
         spill = tempfile.mkdtemp(prefix="commtrace-spill-")
         weakref.finalize(con, shutil.rmtree, spill, ignore_errors=True)
+        cls._spill_dirs[id(con)] = spill
         con.execute(f"SET temp_directory = {_sql_string(spill)}")
         limit = memory_limit or os.environ.get("COMMTRACE_ANALYSIS_MEMORY")
         if limit:
@@ -452,6 +456,25 @@ class Run:
         self.con.execute("CREATE TEMP TABLE counter_deltas_rows AS SELECT * FROM counter_deltas")
         self.con.execute("CREATE OR REPLACE VIEW counter_deltas AS SELECT * FROM counter_deltas_rows")
         self._deltas_ready = True
+
+    def lock_down(self) -> None:
+        """From now on, queries on this run read the run's own files and nothing else: no other file
+        (``read_text('/etc/shadow')``), no write (``COPY ... TO``), no other database (``ATTACH``), no
+        extension installed or loaded, and no setting changed back. For SQL a person types into a
+        shared analysis host (``analyze-trace sql``; ``--allow-external-access`` lifts it)."""
+        folders = [os.path.abspath(self.path) + os.sep]
+        spill = self._spill_dirs.get(id(self.con))
+        if spill:
+            folders.append(spill + os.sep)
+        listed = ", ".join(_sql_string(f) for f in folders)
+        for setting in (
+            f"allowed_directories = [{listed}]",
+            "enable_external_access = false",
+            "autoinstall_known_extensions = false",
+            "autoload_known_extensions = false",
+            "lock_configuration = true",
+        ):
+            self.con.execute(f"SET {setting}")
 
     def sql(self, query: str, params: list | None = None):
         """Run a query over the views; returns a polars DataFrame."""

@@ -257,3 +257,23 @@ def test_export_writes_strict_json(tmp_path):
 
     trace = json.loads(out.read_text(), parse_constant=refuse)
     assert trace["traceEvents"]
+
+
+# -- sql: the user's queries read the run, and nothing else unless asked ---------------------------------
+def test_sql_reads_the_run_and_nothing_else(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the trace's")
+    run, written = str(SAMPLES / "healthy"), tmp_path / "written.csv"
+    for query in (
+        f"SELECT content FROM read_text('{secret}')",
+        f"COPY (SELECT 1) TO '{written}'",
+        f"ATTACH '{tmp_path / 'other.db'}'",
+        "SET enable_external_access = true",
+        "INSTALL httpfs",
+    ):
+        proc = _cli("sql", run, query)
+        assert proc.returncode == 2 and proc.stderr.startswith("analyze-trace: query failed:"), (query, proc.stderr)
+    assert not written.exists() and not (tmp_path / "other.db").exists()
+    assert _cli("sql", run, "SELECT count(*) AS n FROM samples", "--format", "json").returncode == 0
+    lifted = _cli("sql", run, f"SELECT content FROM read_text('{secret}')", "--allow-external-access")
+    assert lifted.returncode == 0 and "not the trace's" in lifted.stdout
