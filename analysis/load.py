@@ -26,7 +26,7 @@ from analysis import metadata, text
 SCHEMA_VERSION = 1  # the newest trace schema this analysis understands
 # The columns the analysis reads, with their Parquet physical types: a file that has them under
 # other types (a stranger's file, a damaged footer) is skipped, not left to fail a query.
-_S, _I32, _I64, _F64 = "BYTE_ARRAY", "INT32", "INT64", "DOUBLE"
+_S, _I32, _I64, _F64 = "BYTE_ARRAY UTF8", "INT32", "INT64", "DOUBLE"
 REQUIRED_COLUMNS = {
     "rank": _I32,
     "pg": _S,
@@ -46,6 +46,9 @@ _NO_SAMPLES = (
     "NULL::INTEGER AS port, NULL::VARCHAR AS counter, NULL::BIGINT AS value, NULL::VARCHAR AS text WHERE false"
 )
 P2P_OPS_SQL = "('send', 'recv', 'recv_anysource')"
+# A row the recorder wrote names its rank, group, op, seq and start; one that does not (a file from
+# elsewhere) cannot be placed and is left out of every view.
+WHOLE_ROW_SQL = "rank IS NOT NULL AND pg IS NOT NULL AND op IS NOT NULL AND seq IS NOT NULL AND t_start_ns IS NOT NULL"
 # What members of one collective must agree on besides op and dtype: the size each member sends
 # (scatter: what each receives); all_to_all splits may legally differ.
 SIGNATURE_SIZE_SQL = (
@@ -232,15 +235,17 @@ class Run:
         snapshots, _ = self._usable("rank=*/inflight-*.parquet", REQUIRED_COLUMNS)
         self._snapshots = snapshots
         if not snapshots:
-            self.con.execute("CREATE OR REPLACE VIEW raw_collectives AS SELECT * FROM raw_segments")
+            self.con.execute(
+                f"CREATE OR REPLACE VIEW raw_collectives AS SELECT * FROM raw_segments WHERE {WHOLE_ROW_SQL}"
+            )
             return
         self._parquet_view("raw_snapshots", snapshots, False)
-        self.con.execute("""
+        self.con.execute(f"""
             CREATE OR REPLACE VIEW raw_collectives AS
-            SELECT * FROM raw_segments
+            SELECT * FROM raw_segments WHERE {WHOLE_ROW_SQL}
             UNION ALL BY NAME
             SELECT * FROM (
-                SELECT DISTINCT ON (rank, pg, op, seq, peer) * FROM raw_snapshots
+                SELECT DISTINCT ON (rank, pg, op, seq, peer) * FROM raw_snapshots WHERE {WHOLE_ROW_SQL}
                 ORDER BY rank, pg, op, seq, peer, t_start_ns
             ) s
             WHERE NOT EXISTS (
@@ -618,10 +623,11 @@ def _inspect_segment(path: str, required: dict[str, str] = REQUIRED_COLUMNS) -> 
     except Exception as exc:
         return f"not a readable Parquet file: {exc.__class__.__name__}", (), {}
     kv = {k.decode(errors="replace"): v for k, v in (meta.metadata or {}).items() if k.startswith(b"commtrace.")}
-    reason = _verdict(kv.get("commtrace.schema_version"), {c.name: c.physical_type for c in meta.schema}, required)
+    layout = tuple((c.name, _column_kind(c.physical_type, c.converted_type, c.logical_type.type)) for c in meta.schema)
+    reason = _verdict(kv.get("commtrace.schema_version"), dict(layout), required)
     if reason is not None:
         return reason, (), {}
-    return None, tuple((c.name, c.physical_type) for c in meta.schema), kv
+    return None, layout, kv
 
 
 def _inspect_segments(
@@ -644,11 +650,12 @@ def _inspect_segments(
         ).fetchall():
             footers.setdefault(name, {})[key] = value
         columns: dict[str, list] = {}
-        for name, column, physical in con.execute(
-            "SELECT file_name, name, type FROM parquet_schema(?) WHERE num_children IS NULL OR num_children = 0",
+        for name, column, physical, converted, logical in con.execute(
+            "SELECT file_name, name, type, converted_type, logical_type FROM parquet_schema(?) "
+            "WHERE num_children IS NULL OR num_children = 0",
             [paths],
         ).fetchall():
-            columns.setdefault(name, []).append((column, physical))
+            columns.setdefault(name, []).append((column, _column_kind(physical, converted, logical)))
     except duckdb.Error:
         with ThreadPoolExecutor(max_workers=8) as pool:
             return list(pool.map(lambda p: _inspect_segment(p, required), paths))
@@ -662,6 +669,21 @@ def _inspect_segments(
         reason = _verdict(kv.get("commtrace.schema_version"), dict(layout), required)
         out.append((reason, layout, kv) if reason is None else (reason, (), {}))
     return out
+
+
+def _column_kind(physical: str | None, converted: str | None, logical) -> str:
+    """A Parquet column's type as the analysis needs it: the physical type, and for text the UTF8
+    annotation; an integer column annotated as anything but an integer (a TIMESTAMP, a DECIMAL) and
+    a byte column that is not text keep their annotation, so that they do not pass as ours."""
+    logical = str(logical or "").split("(")[0].upper().removesuffix("TYPE") or None
+    if logical in ("NONE", "INT"):
+        logical = None
+    if converted in (None, "NONE") or str(converted).startswith("INT_"):
+        converted = None
+    if physical == "BYTE_ARRAY" and (converted == "UTF8" or logical == "STRING"):
+        return "BYTE_ARRAY UTF8"
+    annotation = converted or logical
+    return f"{physical} {annotation}" if annotation else str(physical)
 
 
 def _verdict(version: bytes | None, columns: dict[str, str], required: dict[str, str]) -> str | None:

@@ -277,3 +277,41 @@ def test_sql_reads_the_run_and_nothing_else(tmp_path):
     assert _cli("sql", run, "SELECT count(*) AS n FROM samples", "--format", "json").returncode == 0
     lifted = _cli("sql", run, f"SELECT content FROM read_text('{secret}')", "--allow-external-access")
     assert lifted.returncode == 0 and "not the trace's" in lifted.stdout
+
+
+# -- 5. Parquet logical types and nulls where the recorder writes none -------------------------------
+def _rewrite_column(seg: Path, column: str, make) -> None:
+    table = pq.read_table(seg)
+    index = table.schema.get_field_index(column)
+    table = table.set_column(index, column, make(table.column(column)))
+    pq.write_table(table.replace_schema_metadata(pq.read_metadata(seg).metadata), seg)
+
+
+@pytest.mark.parametrize(
+    ("column", "make"),
+    [
+        ("t_start_ns", lambda c: c.cast(pa.timestamp("ns"))),
+        ("t_start_ns", lambda c: c.cast(pa.timestamp("us"))),
+        ("op", lambda c: c.cast(pa.binary())),
+    ],
+)
+def test_a_segment_whose_columns_are_typed_otherwise_is_skipped(tmp_path, column, make):
+    run = _copy(tmp_path)
+    seg = sorted((run / "rank=00001").glob("collectives-*.parquet"))[0]
+    _rewrite_column(seg, column, make)
+    for command in ("summary", "diagnose"):
+        proc = _cli(command, str(run), "--format", "json")
+        assert proc.returncode == 0, (command, proc.stderr)
+    proc = _cli("summary", str(run))
+    assert f"rank=00001/{seg.name}: skipped (columns of the wrong type: {column}" in proc.stdout, proc.stdout[:600]
+    assert _cli("export", str(run), "-o", str(tmp_path / "trace.json")).returncode == 0
+
+
+def test_rows_without_a_rank_are_left_out_not_fatal(tmp_path):
+    run = _copy(tmp_path)
+    seg = sorted((run / "rank=00002").glob("collectives-*.parquet"))[0]
+    _rewrite_column(seg, "rank", lambda c: pa.nulls(len(c), pa.int32()))
+    for command in ("summary", "stragglers", "hangs", "diagnose"):
+        assert _cli(command, str(run)).returncode == 0, command
+    assert _cli("export", str(run), "-o", str(tmp_path / "trace.json")).returncode == 0
+    assert _cli("report", str(run), "-o", str(tmp_path / "report.html")).returncode == 0
