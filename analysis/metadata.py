@@ -103,53 +103,51 @@ def _ranks(value):
     return [_int(0, MAX_RANKS - 1)(r) for r in value]
 
 
+def _each(items: list[tuple[str, object, object]]) -> tuple[list[tuple[str, object]], list[str]]:
+    """Check each (name, value, kind): the values that passed (an object or a list within keeps its
+    good parts) and what the others should have been."""
+    good, bad = [], []
+    for name, value, kind in items:
+        try:
+            good.append((name, kind(value)))
+        except _Partial as exc:
+            good.append((name, exc.good))
+            bad += [f"{name}{b}" if b.startswith("[") else f"{name}.{b}" for b in exc.bad]
+        except _Bad as exc:
+            bad.append(f"{name} ({exc})")
+    return good, bad
+
+
+class _Partial(_Bad):
+    """An object or a list some of whose parts were bad: the good ones, and what the bad ones should be."""
+
+    def __init__(self, good, bad: list[str]) -> None:
+        super().__init__("; ".join(bad))
+        self.good, self.bad = good, bad
+
+
 def _record(fields: dict):
     """An object with these fields (each checked; unknown ones dropped)."""
 
     def check(value):
         if not isinstance(value, dict):
             raise _Bad("an object")
-        out, bad = {}, []
-        for key, kind in fields.items():
-            if key in value and value[key] is not None:
-                try:
-                    out[key] = kind(value[key])
-                except _Partial as exc:  # an object or a list within: its good parts stay
-                    out[key] = exc.good
-                    bad += [f"{key}{b}" if b.startswith("[") else f"{key}.{b}" for b in exc.bad]
-                except _Bad as exc:
-                    bad.append(f"{key} ({exc})")
+        good, bad = _each([(key, value[key], kind) for key, kind in fields.items() if value.get(key) is not None])
         if bad:
-            raise _Partial(out, bad)
-        return out
+            raise _Partial(dict(good), bad)
+        return dict(good)
 
     return check
-
-
-class _Partial(_Bad):
-    """An object some of whose fields were bad: the good ones, and what the bad ones should be."""
-
-    def __init__(self, good: dict, bad: list[str]) -> None:
-        super().__init__("; ".join(bad))
-        self.good, self.bad = good, bad
 
 
 def _list_of(kind, limit: int):
     def check(value):
         if not isinstance(value, list) or len(value) > limit:
             raise _Bad(f"a list of at most {limit}")
-        out, bad = [], []
-        for i, item in enumerate(value):
-            try:
-                out.append(kind(item))
-            except _Partial as exc:  # an object in the list: its good fields stay
-                out.append(exc.good)
-                bad += [f"[{i}].{b}" for b in exc.bad]
-            except _Bad as exc:
-                bad.append(f"[{i}] ({exc})")
+        good, bad = _each([(f"[{i}]", item, kind) for i, item in enumerate(value)])
         if bad:
-            raise _Partial(out, bad)
-        return out
+            raise _Partial([v for _, v in good], bad)
+        return [v for _, v in good]
 
     return check
 
