@@ -29,7 +29,7 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/status") as fh:
             return "State:\tZ" not in fh.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between it and the read
         return False
 
 
