@@ -222,6 +222,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "ranks": compare.ranks(a, b, args.threshold),
         "hosts": compare.hosts(a, b, args.threshold),
     }
+    both = parts["collectives"].filter(pl.col("count_a").is_not_null() & pl.col("count_b").is_not_null())
+    if both.is_empty():  # "no regression" would pass a gate that compared nothing
+        raise TraceError(
+            f"{a.run_id} and {b.run_id} have no collective (group, op, size) measured in both: nothing to compare"
+        )
     regressed = any(frame["regression"].any() for frame in parts.values() if not frame.is_empty())
     if args.format == "json":
         _json({k: findings.with_legacy_columns(v).to_dicts() for k, v in parts.items()})

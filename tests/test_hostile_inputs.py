@@ -315,3 +315,14 @@ def test_rows_without_a_rank_are_left_out_not_fatal(tmp_path):
         assert _cli(command, str(run)).returncode == 0, command
     assert _cli("export", str(run), "-o", str(tmp_path / "trace.json")).returncode == 0
     assert _cli("report", str(run), "-o", str(tmp_path / "report.html")).returncode == 0
+
+
+# -- 12. a comparison that compared nothing does not pass a regression gate ----------------------------
+def test_compare_against_a_run_without_collectives_is_not_a_pass(tmp_path):
+    run = _copy(tmp_path)
+    for seg in run.glob("rank=*/collectives-*.parquet"):
+        table = pq.read_table(seg)
+        pq.write_table(table.slice(0, 0).replace_schema_metadata(pq.read_metadata(seg).metadata), seg)
+    proc = _cli("compare", str(SAMPLES / "healthy"), str(run), "--fail-on-regression")
+    assert proc.returncode == 2 and "nothing to compare" in proc.stderr, (proc.returncode, proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1
