@@ -299,7 +299,7 @@ class Run:
         """``probe``: the link probe's rows (COMMTRACE_PROBE), one per (phase, round, probing rank)."""
         files, _ = self._usable("rank=*/probe-*.parquet", PROBE_COLUMNS)
         if files:
-            listed = ", ".join(_sql_string(p) for p in files)
+            listed = _sql_files(files)
             self.con.execute(
                 f"CREATE VIEW probe AS SELECT * FROM read_parquet([{listed}], union_by_name = true, "
                 "hive_partitioning = false)"
@@ -492,7 +492,7 @@ class Run:
         rank. union_by_name (files written by different recorder versions) makes DuckDB read every
         footer again each time a query is planned: only when the files' columns differ.
         """
-        listed = ", ".join(_sql_string(p) for p in files)
+        listed = _sql_files(files)
         self.con.execute(
             f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listed}], "
             f"union_by_name = {'false' if one_layout else 'true'}, hive_partitioning = false)"
@@ -585,7 +585,8 @@ class Run:
                 for path in paths:
                     for con in (self.con, fresh):
                         try:  # every column of every row: COLUMNS(*) makes DuckDB decode them all
-                            con.execute("SELECT min(hash(COLUMNS(*))) FROM read_parquet(?)", [path]).fetchall()
+                            query = "SELECT min(hash(COLUMNS(*))) FROM read_parquet(?)"
+                            con.execute(query, [glob.escape(path)]).fetchall()
                         except duckdb.Error as exc:
                             bad.append((path, str(exc).splitlines()[0][:160]))
                             break
@@ -609,6 +610,13 @@ def _regular_files(root: str, pattern: str, problems: list[str]) -> list[str]:
         else:
             problems.append(f"{os.path.relpath(path, root)}: skipped ({why})")
     return files
+
+
+def _sql_files(paths: list[str]) -> str:
+    """Files for a SQL list given to DuckDB's readers, which expand ``*``, ``?`` and ``[`` as globs: a
+    run folder named ``run[0]`` or a file named with ``*`` would otherwise read other files, or one
+    file several times. ``glob.escape``'s brackets are DuckDB's escape too."""
+    return ", ".join(_sql_string(glob.escape(p)) for p in paths)
 
 
 def _sql_string(text: str) -> str:
@@ -646,14 +654,14 @@ def _inspect_segments(
         for name, key, value in con.execute(
             "SELECT file_name, decode(key), value FROM parquet_kv_metadata(?) "
             "WHERE starts_with(decode(key), 'commtrace.')",
-            [paths],
+            [[glob.escape(p) for p in paths]],
         ).fetchall():
             footers.setdefault(name, {})[key] = value
         columns: dict[str, list] = {}
         for name, column, physical, converted, logical in con.execute(
             "SELECT file_name, name, type, converted_type, logical_type FROM parquet_schema(?) "
             "WHERE num_children IS NULL OR num_children = 0",
-            [paths],
+            [[glob.escape(p) for p in paths]],
         ).fetchall():
             columns.setdefault(name, []).append((column, _column_kind(physical, converted, logical)))
     except duckdb.Error:

@@ -326,3 +326,17 @@ def test_compare_against_a_run_without_collectives_is_not_a_pass(tmp_path):
     proc = _cli("compare", str(SAMPLES / "healthy"), str(run), "--fail-on-regression")
     assert proc.returncode == 2 and "nothing to compare" in proc.stderr, (proc.returncode, proc.stderr)
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_glob_characters_in_names_read_each_file_once(tmp_path):
+    """A run folder named run[0] and a segment named with a "*": every file read exactly once (DuckDB
+    expands globs in the file names it is given)."""
+    run = tmp_path / "run[0]"
+    shutil.copytree(SAMPLES / "healthy", run)
+    shutil.copytree(SAMPLES / "lossy", tmp_path / "run0")  # what "run[0]" means as a glob
+    first = sorted((run / "rank=00000").glob("collectives-*.parquet"))[0]
+    shutil.copy(first, run / "rank=00000" / "collectives-*.parquet")  # as a glob: every segment of the rank
+    expected = sum(pq.read_metadata(p).num_rows for p in run.glob("rank=*/collectives-*.parquet"))
+    proc = _cli("summary", str(run), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert sum(r["events"] for r in json.loads(proc.stdout)) == expected
