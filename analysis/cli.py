@@ -30,7 +30,7 @@ import duckdb
 import polars as pl
 
 from analysis import findings, progress, text
-from analysis.load import Run, TraceError
+from analysis.load import Run, TraceError, problem_kind
 
 
 def _emit(
@@ -196,7 +196,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     elif args.format == "csv":
         rows = [{"part": "job", **_flat(f)} for f in report["findings"]]
         rows += [{"part": "recording", **_flat(f)} for f in report["recording"]]
-        rows += [{"part": "recording", "kind": "unreadable_file", "summary": p} for p in report["problems"]]
+        rows += [{"part": "recording", "kind": problem_kind(p), "summary": p} for p in report["problems"]]
         columns = ["part", "kind", "rank", "host", "pg", "seq", "summary"]
         frame = pl.DataFrame([{c: r.get(c) for c in columns} for r in rows], schema=dict.fromkeys(columns, pl.String))
         sys.stdout.write(frame.write_csv())

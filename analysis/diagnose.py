@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from analysis import findings, health, text
-from analysis.load import Run
+from analysis.load import Run, problem_kind
 
 # The job's kinds of fault, in the order an engineer reads them: (key, title, what it means).
 KINDS = [
@@ -378,9 +378,7 @@ def describe(report: dict) -> list[str]:
     else:
         lines.append("the job: nothing flagged (no straggler, slow or lossy link, hang, desync or dead rank)")
     lines.append("")
-    recording = report["recording"] + [
-        {"kind": "unreadable_file", "summary": text.clean(p)} for p in report["problems"]
-    ]
+    recording = report["recording"] + [{"kind": problem_kind(p), "summary": text.clean(p)} for p in report["problems"]]
     if recording:
         lines.append(f"the recording: {len(recording)} thing{'s' if len(recording) > 1 else ''} to know")
         lines += [f"  - {f['kind'].replace('_', ' ')}: {f['summary']}" for f in recording]

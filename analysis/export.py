@@ -11,7 +11,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import polars as pl
@@ -19,36 +19,45 @@ import polars as pl
 from analysis import timelines
 from analysis.load import Run, TraceError
 
+SLICE_BATCH = 50_000  # rows of slices turned into Python objects at a time
 
-def trace_events(run: Run) -> list[dict]:
+
+def trace_events(run: Run) -> Iterator[dict]:
+    """The trace's events, one at a time: the slices are streamed from DuckDB in batches, so that
+    writing a run of millions of operations holds a batch of them in Python, not the run."""
     first, last = run.sql("SELECT min(t_start_ns), max(coalesce(t_end_ns, t_start_ns)) FROM collectives").row(0)
     if first is None:
-        return []
-    events: list[dict] = []
+        return
     hosts = {r: str(m.get("host", "?")) for r, m in run.ranks.items()}
     for rank in sorted(run.sql("SELECT DISTINCT rank FROM collectives").to_series().to_list()):
-        events.append(
-            {
-                "ph": "M",
-                "name": "process_name",
-                "pid": rank,
-                "tid": 0,
-                "args": {"name": f"rank {rank} ({hosts.get(rank, '?')})"},
-            }
-        )
-        events.append({"ph": "M", "name": "process_sort_index", "pid": rank, "tid": 0, "args": {"sort_index": rank}})
-    rows = run.sql("""
-        SELECT rank, pg, pg_desc, seq, op, bytes_in, bytes_out, dtype, peer, root, status, t_start_ns, t_end_ns, step
-        FROM collectives ORDER BY rank, t_start_ns
-    """)
-    for r in rows.iter_rows(named=True):
-        end = r["t_end_ns"] if r["t_end_ns"] is not None else last
-        args = {k: r[k] for k in ("pg", "pg_desc", "seq", "bytes_in", "bytes_out", "dtype", "status")}
-        for key in ("peer", "root", "step"):
-            if r[key] is not None:
-                args[key] = r[key]
-        events.append(
-            {
+        yield {
+            "ph": "M",
+            "name": "process_name",
+            "pid": rank,
+            "tid": 0,
+            "args": {"name": f"rank {rank} ({hosts.get(rank, '?')})"},
+        }
+        yield {"ph": "M", "name": "process_sort_index", "pid": rank, "tid": 0, "args": {"sort_index": rank}}
+    # Read from the segments once, into a table of DuckDB's (spilled past its memory limit), so that
+    # a damaged file is found and dropped here, before anything is streamed out.
+    run._guarded(
+        lambda: run.con.execute("""
+            CREATE OR REPLACE TEMP TABLE export_slices AS
+            SELECT rank, pg, pg_desc, seq, op, bytes_in, bytes_out, dtype, peer, root, status, t_start_ns, t_end_ns,
+                   step
+            FROM collectives
+        """)
+    )
+    result = run.con.execute("SELECT * FROM export_slices ORDER BY rank, t_start_ns")
+    names = [d[0] for d in result.description]
+    while batch := result.fetchmany(SLICE_BATCH):
+        for r in (dict(zip(names, row, strict=True)) for row in batch):
+            end = r["t_end_ns"] if r["t_end_ns"] is not None else last
+            args = {k: r[k] for k in ("pg", "pg_desc", "seq", "bytes_in", "bytes_out", "dtype", "status")}
+            for key in ("peer", "root", "step"):
+                if r[key] is not None:
+                    args[key] = r[key]
+            yield {
                 "ph": "X",
                 "name": r["op"],
                 "cat": f"pg {r['pg']}",
@@ -58,7 +67,7 @@ def trace_events(run: Run) -> list[dict]:
                 "dur": max(end - r["t_start_ns"], 0) / 1e3,
                 "args": args,
             }
-        )
+    run.con.execute("DROP TABLE export_slices")
     # A rate holds over its interval (t0, t1]: one counter event at t0 per interval and direction,
     # each direction its own track (the sampler's samples of tx and rx need not line up). Sample
     # times are on rank 0's clock, like the slices (timelines.host_series), in s since ``first``.
@@ -86,21 +95,12 @@ def trace_events(run: Run) -> list[dict]:
             continue  # samples nanoseconds apart, or counters beyond reason: no rate to draw (JSON has no NaN)
         pid = host_pids.setdefault(r["host"], 1_000_000 + len(host_pids))
         name = f"{r['interface']} {r['direction']} Gbit/s"
-        events.append(
-            {
-                "ph": "C",
-                "name": name,
-                "pid": pid,
-                "ts": r["t0_us"],
-                "args": {r["direction"]: round(r["gbitps"], 6)},
-            }
-        )
+        yield {"ph": "C", "name": name, "pid": pid, "ts": r["t0_us"], "args": {r["direction"]: round(r["gbitps"], 6)}}
         last_end[(pid, name, r["direction"])] = r["t1_us"]
     for (pid, name, direction), t1 in last_end.items():  # the series ends: back to zero
-        events.append({"ph": "C", "name": name, "pid": pid, "ts": t1, "args": {direction: 0.0}})
+        yield {"ph": "C", "name": name, "pid": pid, "ts": t1, "args": {direction: 0.0}}
     for host, pid in host_pids.items():
-        events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": f"host {host}"}})
-    return events
+        yield {"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": f"host {host}"}}
 
 
 def check_new_file(path: str, overwrite: bool = False) -> None:
@@ -132,6 +132,7 @@ def write_new_file(path: str, content: str | Callable[[IO[str]], None], overwrit
     except OSError as exc:
         raise TraceError(f"{path}: cannot write it ({exc.strerror or exc.__class__.__name__})") from None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # what open() would have made, not mkstemp's owner-only 0600
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             if callable(content):
                 content(fh)
@@ -150,14 +151,28 @@ def write_new_file(path: str, content: str | Callable[[IO[str]], None], overwrit
             os.unlink(tmp)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write(run: Run, path: str, overwrite: bool = False) -> int:
-    """Write the trace to ``path`` (never over an existing file unless ``overwrite``); returns the event count."""
+    """Write the trace to ``path`` (never over an existing file unless ``overwrite``), streaming its
+    events; returns the event count. Strict JSON: a value JSON cannot hold (NaN) fails the write,
+    which then leaves nothing behind."""
     check_new_file(path, overwrite)
-    events = trace_events(run)
-    document = {
-        "traceEvents": events,
-        "displayTimeUnit": "ms",
-        "otherData": {"run_id": run.run_id, "producer": "commtrace"},
-    }
-    write_new_file(path, lambda fh: json.dump(document, fh, allow_nan=False), overwrite)
-    return len(events)
+    count = 0
+
+    def stream(fh: IO[str]) -> None:
+        nonlocal count
+        fh.write('{"traceEvents": [')
+        for event in trace_events(run):
+            fh.write(",\n" if count else "\n")
+            fh.write(json.dumps(event, allow_nan=False))
+            count += 1
+        other = {"run_id": run.run_id, "producer": "commtrace"}
+        fh.write(f'\n], "displayTimeUnit": "ms", "otherData": {json.dumps(other)}}}\n')
+
+    write_new_file(path, stream, overwrite)
+    return count

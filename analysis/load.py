@@ -7,6 +7,7 @@ listed in :attr:`Run.problems`; the rest of the run is still analysed.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 from analysis import metadata, text
 
 SCHEMA_VERSION = 1  # the newest trace schema this analysis understands
+REPLACES_KEY = "commtrace.replaces"  # a merged segment's footer: the files whose rows it holds
 # The columns the analysis reads, with their Parquet physical types: a file that has them under
 # other types (a stranger's file, a damaged footer) is skipped, not left to fail a query.
 _S, _I32, _I64, _F64 = "BYTE_ARRAY UTF8", "INT32", "INT64", "DOUBLE"
@@ -46,6 +48,11 @@ _NO_SAMPLES = (
     "NULL::INTEGER AS port, NULL::VARCHAR AS counter, NULL::BIGINT AS value, NULL::VARCHAR AS text WHERE false"
 )
 P2P_OPS_SQL = "('send', 'recv', 'recv_anysource')"
+# A name (group, op, host, device, counter...) longer than this is no name the recorder writes: a
+# row carrying one is left out, and said. Every row of a column can point at one long dictionary
+# value, and the queries' joins and windows copy it per row (a 1 MB host name in a 116 kB run cost
+# 7.5 GB and 30 s).
+MAX_NAME = 1024
 # A row the recorder wrote names its rank, group, op, seq and start; one that does not (a file from
 # elsewhere) cannot be placed and is left out of every view.
 WHOLE_ROW_SQL = "rank IS NOT NULL AND pg IS NOT NULL AND op IS NOT NULL AND seq IS NOT NULL AND t_start_ns IS NOT NULL"
@@ -68,6 +75,23 @@ NOT_THE_FILES = (
     duckdb.InterruptException,
     duckdb.PermissionException,
 )
+
+
+def problem_kind(problem: str) -> str:
+    """The kind of one of :attr:`Run.problems`, for tables and reports: ``unreadable_folder`` (a rank's
+    folder could not be listed), ``rows_outside_run`` (rows naming a rank the run does not have, left
+    out), ``footer_contradicts_rows`` (a segment's rows differ from its footer's summary; the rows
+    are used), ``name_too_long`` (rows carrying a name past MAX_NAME, left out), else
+    ``unreadable_file`` (a file skipped, and why)."""
+    if "unreadable (" in problem and "; that rank's events" in problem:
+        return "unreadable_folder"
+    if f"a name longer than {MAX_NAME} characters" in problem and problem.endswith("; left out"):
+        return "name_too_long"
+    if "outside the run's" in problem and problem.endswith("; left out"):
+        return "rows_outside_run"
+    if "its rows contradict its footer" in problem:
+        return "footer_contradicts_rows"
+    return "unreadable_file"
 
 
 class TraceError(Exception):
@@ -95,6 +119,12 @@ class Run:
     _footers: dict[str, dict] = field(default_factory=dict)  # segment -> its commtrace.* key-value metadata
     _members: dict[str, set[int]] = field(default_factory=dict)  # pg -> member ranks, from the ranks' metadata
     _labels: dict[str, str] | None = None  # pg -> the group in words (group_labels)
+    # Ranks whose folder could not be listed (permissions): nothing can be said of them, so they are
+    # not judged (not missing from a collective, not dead).
+    unreadable_ranks: set[int] = field(default_factory=set)
+    _row_filter: str = WHOLE_ROW_SQL  # which rows of the segments the views hold
+    _text_columns: list[str] = field(default_factory=list)  # the segments' string columns
+    _samples_filter: str = "true"  # which rows of the host samples the views hold
     _spill_dirs: ClassVar[dict[int, str]] = {}  # connection id -> its spill folder (for lock_down)
 
     @classmethod
@@ -113,6 +143,7 @@ class Run:
             hint = f"; it holds runs, e.g. {os.path.dirname(runs[-1])}" if runs else ""
             raise TraceError(f"{path}: not a commtrace run directory (no rank=* folders){hint}")
         problems: list[str] = []
+        unreadable_ranks = _unreadable_folders(path, rank_dirs, problems)
         run_meta: dict = {}
         if os.path.lexists(os.path.join(path, "run.json")):
             raw = metadata.read_json(os.path.join(path, "run.json"), problems, "run.json")
@@ -165,12 +196,19 @@ class Run:
                 footers[seg] = kv
             else:
                 problems.append(f"{os.path.relpath(seg, path)}: skipped ({reason})")
+        superseded = _superseded(segments, footers)
+        if superseded:
+            segments = [seg for seg in segments if seg not in superseded]
+            for seg in superseded:
+                footers.pop(seg, None)
         if not segments:
             con.close()
             raise TraceError(f"{path}: no readable collective segments" + (f" ({problems[0]})" if problems else ""))
         run = cls(path, con, run_meta, ranks, segments, problems)
+        run.unreadable_ranks = unreadable_ranks
         run._footers = footers
         run._one_layout = len(layouts) == 1
+        run._text_columns = _text_columns(layouts)
         run._create_views()
         return run
 
@@ -187,12 +225,17 @@ class Run:
         for meta in self.ranks.values():
             for group in meta.get("process_groups") or []:
                 if isinstance(group, dict) and isinstance(group.get("ranks"), list):
-                    members.update((str(group.get("pg")), int(r)) for r in group["ranks"] if isinstance(r, int))
+                    members.update(
+                        (str(group.get("pg")), int(r))
+                        for r in group["ranks"]
+                        if isinstance(r, int) and r not in self.unreadable_ranks
+                    )
         if members:
             self.con.executemany("INSERT INTO group_members VALUES (?, ?)", sorted(members))
         for pg, rank in members:
             self._members.setdefault(pg, set()).add(rank)
         self._parquet_view("raw_segments", self.segments, self._one_layout)
+        self._guarded(self._check_rows)
         self._create_collectives_view()
         self._create_sample_views()
         self._create_probe_view()
@@ -228,6 +271,55 @@ class Run:
                 self.problems.append(f"{os.path.relpath(path, self.path)}: skipped ({reason})")
         return files, layouts
 
+    def _check_rows(self) -> None:
+        """Each segment's rows against its footer and the run, in one pass over two narrow columns.
+
+        Rows naming a rank outside the run (below 0, or at or past the world size its metadata
+        gives) are left out of every view and said. A segment whose rows contradict its footer's
+        summary (another rank than its footer's, another count of collectives or seq range: rows
+        edited or the file replaced) is said, and its footer no longer vouches for its groups
+        (``settled``): the events are compared one by one. (A seq duplicated in place of another,
+        count and range kept, passes this check; the event comparison is what would see it.)"""
+        world = self.world_size
+        outside = f"rank < 0 OR rank >= {int(world)}" if world else "false"
+        long = _long_names_sql(self._text_columns)
+        rows = self.con.execute(f"""
+            SELECT filename, count(*) FILTER (WHERE op NOT IN {P2P_OPS_SQL}) AS collectives,
+                   min(rank) AS lo_rank, max(rank) AS hi_rank,
+                   min(seq) FILTER (WHERE op NOT IN {P2P_OPS_SQL}) AS lo_seq,
+                   max(seq) FILTER (WHERE op NOT IN {P2P_OPS_SQL}) AS hi_seq,
+                   count(*) FILTER (WHERE {outside}) AS outside, min(rank) FILTER (WHERE {outside}) AS example,
+                   count(*) FILTER (WHERE {long}) AS long
+            FROM read_parquet([{_sql_files(self.segments)}], filename = true, hive_partitioning = false,
+                              union_by_name = {"false" if self._one_layout else "true"})
+            WHERE {WHOLE_ROW_SQL}
+            GROUP BY filename
+        """).fetchall()
+        left_out = long_rows = 0
+        for name, collectives, lo_rank, hi_rank, lo_seq, hi_seq, n_outside, example, n_long in rows:
+            relative = os.path.relpath(name, self.path)
+            if n_long:
+                long_rows += n_long
+                self.problems.append(
+                    f"{relative}: {n_long} rows carry a name longer than {MAX_NAME} characters; left out"
+                )
+            if n_outside:
+                left_out += n_outside
+                self.problems.append(
+                    f"{relative}: {n_outside} rows name rank {example}, outside the run's {world} ranks; left out"
+                )
+            kv = self._footers.get(name)
+            if kv is None:
+                continue
+            why = _contradiction(kv, collectives, lo_rank, hi_rank, lo_seq, hi_seq)
+            if why:
+                self.problems.append(f"{relative}: its rows contradict its footer ({why}); the rows are used")
+                self._footers.pop(name)
+        if left_out:
+            self._row_filter += f" AND NOT ({outside})"
+        if long_rows:
+            self._row_filter += f" AND NOT ({long})"
+
     def _create_collectives_view(self) -> None:
         """``raw_collectives``: every segment's rows, and from the in-flight snapshots (a hang dump,
         SIGUSR1, SIGTERM) each operation no segment holds: one still in flight when the rank died
@@ -236,16 +328,16 @@ class Run:
         self._snapshots = snapshots
         if not snapshots:
             self.con.execute(
-                f"CREATE OR REPLACE VIEW raw_collectives AS SELECT * FROM raw_segments WHERE {WHOLE_ROW_SQL}"
+                f"CREATE OR REPLACE VIEW raw_collectives AS SELECT * FROM raw_segments WHERE {self._row_filter}"
             )
             return
         self._parquet_view("raw_snapshots", snapshots, False)
         self.con.execute(f"""
             CREATE OR REPLACE VIEW raw_collectives AS
-            SELECT * FROM raw_segments WHERE {WHOLE_ROW_SQL}
+            SELECT * FROM raw_segments WHERE {self._row_filter}
             UNION ALL BY NAME
             SELECT * FROM (
-                SELECT DISTINCT ON (rank, pg, op, seq, peer) * FROM raw_snapshots WHERE {WHOLE_ROW_SQL}
+                SELECT DISTINCT ON (rank, pg, op, seq, peer) * FROM raw_snapshots WHERE {self._row_filter}
                 ORDER BY rank, pg, op, seq, peer, t_start_ns
             ) s
             WHERE NOT EXISTS (
@@ -267,6 +359,22 @@ class Run:
             self._sample_files = files
             self._samples_one_layout = len(layouts) == 1
             self._parquet_view("samples", files, self._samples_one_layout)
+            long = _long_names_sql(_text_columns(layouts))
+            rows = self._guarded(
+                lambda: self.con.execute(f"""
+                    SELECT filename, count(*) FROM read_parquet([{_sql_files(self._sample_files)}], filename = true,
+                        hive_partitioning = false, union_by_name = {"false" if self._samples_one_layout else "true"})
+                    WHERE {long} GROUP BY filename ORDER BY filename
+                """).fetchall()
+            )
+            for name, n in rows:
+                self.problems.append(
+                    f"{os.path.relpath(name, self.path)}: {n} samples carry a name longer than {MAX_NAME} characters; "
+                    "left out"
+                )
+            if rows:
+                self._samples_filter = f"NOT ({long})"
+                self._parquet_view("samples", self._sample_files, self._samples_one_layout)
         else:
             self.con.execute(f"CREATE VIEW samples AS {_NO_SAMPLES}")
         self.con.execute("""
@@ -493,9 +601,10 @@ class Run:
         footer again each time a query is planned: only when the files' columns differ.
         """
         listed = _sql_files(files)
+        where = self._samples_filter if name == "samples" else "true"
         self.con.execute(
             f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listed}], "
-            f"union_by_name = {'false' if one_layout else 'true'}, hive_partitioning = false)"
+            f"union_by_name = {'false' if one_layout else 'true'}, hive_partitioning = false) WHERE {where}"
         )
 
     def _guarded(self, action):
@@ -574,22 +683,37 @@ class Run:
 
     def _drop_unreadable(self) -> bool:
         """Read every collective and sample segment whole; drop those that fail. True if any did.
-        (For errors that do not name their file.)"""
+        (For errors that do not name their file.)
 
-        def unreadable(paths: list[str]) -> list[tuple[str, str]]:
+        Files are read in batches of UNREADABLE_BATCH, and a batch that fails is halved until the
+        files to blame are found: one damaged page among 20,000 segments costs about two reads of
+        the run rather than 40,000 queries (five minutes)."""
+
+        def first_error(paths: list[str], fresh: duckdb.DuckDBPyConnection) -> str | None:
             # Read both through the run's connection and through one of its own: the run's caches
             # footers, and a damaged file can read differently with and without its cached footer.
+            for con in (self.con, fresh):
+                try:  # every column of every row: COLUMNS(*) makes DuckDB decode them all
+                    query = "SELECT min(hash(COLUMNS(*))) FROM read_parquet(?, union_by_name = true)"
+                    con.execute(query, [[glob.escape(p) for p in paths]]).fetchall()
+                except duckdb.Error as exc:
+                    return str(exc).splitlines()[0][:160]
+            return None
+
+        def unreadable(paths: list[str]) -> list[tuple[str, str]]:
             fresh = duckdb.connect()
             bad = []
             try:
-                for path in paths:
-                    for con in (self.con, fresh):
-                        try:  # every column of every row: COLUMNS(*) makes DuckDB decode them all
-                            query = "SELECT min(hash(COLUMNS(*))) FROM read_parquet(?)"
-                            con.execute(query, [glob.escape(path)]).fetchall()
-                        except duckdb.Error as exc:
-                            bad.append((path, str(exc).splitlines()[0][:160]))
-                            break
+                todo = [paths[i : i + UNREADABLE_BATCH] for i in range(0, len(paths), UNREADABLE_BATCH)][::-1]
+                while todo:
+                    batch = todo.pop()
+                    why = first_error(batch, fresh)
+                    if why is None:
+                        continue
+                    if len(batch) == 1:
+                        bad.append((batch[0], why))
+                    else:
+                        todo += [batch[len(batch) // 2 :], batch[: len(batch) // 2]]
             finally:
                 fresh.close()
             return bad
@@ -597,6 +721,89 @@ class Run:
         return self._drop(
             unreadable(self.segments) + (unreadable(self._sample_files) if not self._deltas_ready else [])
         )
+
+
+UNREADABLE_BATCH = 1024
+
+
+def _superseded(segments: list[str], footers: dict[str, dict]) -> set[str]:
+    """The segments whose rows a merged segment holds (its footer's ``commtrace.replaces``, see
+    ``recorder.writer.SMALL_ROWS``): left when a recorder stopped between writing the merged one and
+    removing them. A segment replaces only earlier segments of its own writer (same folder and
+    incarnation, a smaller index), so that no footer, however written, can take out a later or
+    foreign file, or two files each other."""
+    out: set[str] = set()
+    present = set(segments)
+    for seg in segments:
+        raw = footers.get(seg, {}).get(REPLACES_KEY)
+        mine = _SEGMENT_NAME.fullmatch(os.path.basename(seg))
+        if raw is None or mine is None:
+            continue
+        try:
+            names = json.loads(raw)
+        except (ValueError, RecursionError):
+            continue
+        for name in names if isinstance(names, list) else ():
+            theirs = _SEGMENT_NAME.fullmatch(name) if isinstance(name, str) else None
+            if theirs and theirs[1] == mine[1] and int(theirs[2]) < int(mine[2]):
+                out.add(os.path.join(os.path.dirname(seg), name))
+    return out & present
+
+
+_SEGMENT_NAME = re.compile(r"collectives-(.+)-(\d{1,18})\.parquet")
+
+
+def _text_columns(layouts) -> list[str]:
+    """The string columns any of these layouts ((name, kind), ...) has."""
+    return sorted({name for layout in layouts for name, kind in layout if kind == "BYTE_ARRAY UTF8"})
+
+
+def _long_names_sql(columns: list[str]) -> str:
+    """SQL true for a row with a value longer than MAX_NAME in any of these columns."""
+    tests = [f'coalesce(strlen("{c.replace(chr(34), chr(34) * 2)}"), 0) > {MAX_NAME}' for c in columns]
+    return " OR ".join(tests) or "false"
+
+
+def _contradiction(kv: dict, collectives: int, lo_rank, hi_rank, lo_seq, hi_seq) -> str | None:
+    """What a segment's rows (their collectives' count, ranks and seq range) say against its footer's
+    ``commtrace.rank`` and ``commtrace.groups``, or None. A footer without a summary claims nothing."""
+    try:
+        rank = int(kv["commtrace.rank"])
+        groups = json.loads(kv["commtrace.groups"]).values()
+        rows = sum(int(g[0]) for g in groups)
+        first = min((int(g[2]) for g in groups), default=None)
+        last = max((int(g[3]) for g in groups), default=None)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError):
+        return None
+    if lo_rank is not None and (lo_rank != rank or hi_rank != rank):
+        ranks = f"{lo_rank}" if hi_rank == lo_rank else f"{lo_rank} to {hi_rank}"
+        return f"the footer says rank {rank}, the rows rank {ranks}"
+    if rows != collectives:
+        return f"the footer counts {rows} collectives, the rows hold {collectives}"
+    if rows and (first, last) != (lo_seq, hi_seq):
+        return f"the footer's seqs run {first}-{last}, the rows' {lo_seq}-{hi_seq}"
+    return None
+
+
+def _unreadable_folders(root: str, folders: list[str], problems: list[str]) -> set[int]:
+    """The ranks whose ``rank=N`` folder cannot be listed (permissions), each said in ``problems``."""
+    ranks = set()
+    for folder in folders:
+        try:
+            with os.scandir(folder):
+                pass
+        except NotADirectoryError:
+            continue
+        except OSError as exc:
+            match = re.fullmatch(r"rank=(\d{1,9})", os.path.basename(folder))
+            if match:
+                ranks.add(int(match.group(1)))
+            why = exc.strerror or exc.__class__.__name__
+            problems.append(
+                f"{os.path.relpath(folder, root)}: unreadable ({why}); that rank's events and metadata are not in "
+                "this analysis, and it is not judged"
+            )
+    return ranks
 
 
 def _regular_files(root: str, pattern: str, problems: list[str]) -> list[str]:
@@ -679,6 +886,7 @@ def _inspect_segments(
     return out
 
 
+@functools.lru_cache(maxsize=256)
 def _column_kind(physical: str | None, converted: str | None, logical) -> str:
     """A Parquet column's type as the analysis needs it: the physical type, and for text the UTF8
     annotation; an integer column annotated as anything but an integer (a TIMESTAMP, a DECIMAL) and

@@ -20,7 +20,7 @@ import polars as pl
 
 from analysis import compare, diagnose, findings, health, text, timelines
 from analysis.export import write_new_file
-from analysis.load import Run, TraceError
+from analysis.load import Run, TraceError, problem_kind
 
 MAX_ROWS = 60  # per table; the rest is counted, not shown
 _HEALTH_HEADERS = {
@@ -147,7 +147,7 @@ def _verdict(report: dict) -> str:
 def _recording_verdict(report: dict) -> str:
     """The recording's own health, apart from the job's faults."""
     entries = list(report.get("recording") or [])
-    entries += [{"kind": "unreadable_file", "summary": p} for p in report.get("problems") or []]
+    entries += [{"kind": problem_kind(p), "summary": p} for p in report.get("problems") or []]
     if not entries:
         return (
             '<div class="verdict ok"><b>The recording is complete.</b> Every rank recorded and closed its trace, '

@@ -84,6 +84,7 @@ def generate(
     delay_ms: float = 8.0,
     segments: int = 20,
     seed: int = 0,
+    merge: bool = True,
 ) -> dict:
     """Write the run into ``out`` (which must not exist yet); returns what was injected."""
     if os.path.exists(out):
@@ -161,7 +162,9 @@ def generate(
         table = table.take(pa.array(order))
         rank_dir = os.path.join(out, f"rank={rank:05d}")
         incarnation = f"{1000 + rank}-synt"
-        writer = SegmentWriter(rank_dir, incarnation, {"commtrace.run_id": run_id, "commtrace.rank": str(rank)})
+        writer = SegmentWriter(
+            rank_dir, incarnation, {"commtrace.run_id": run_id, "commtrace.rank": str(rank)}, merge_small=merge
+        )
         per_segment = -(-n // segments)
         for start in range(0, n, per_segment):
             writer.write(table.slice(start, per_segment))
@@ -254,9 +257,14 @@ def main() -> None:
     parser.add_argument("--straggler", type=int, default=37)
     parser.add_argument("--delay-ms", type=float, default=8.0)
     parser.add_argument("--segments", type=int, default=20, help="segments per rank")
+    parser.add_argument(
+        "--no-merge", action="store_true", help="keep every small segment, as recorders before merging wrote them"
+    )
     args = parser.parse_args()
     start = time.monotonic()
-    info = generate(args.out, args.ranks, args.per_rank, args.straggler, args.delay_ms, args.segments)
+    info = generate(
+        args.out, args.ranks, args.per_rank, args.straggler, args.delay_ms, args.segments, merge=not args.no_merge
+    )
     info["seconds"] = round(time.monotonic() - start, 1)
     print(json.dumps(info))
 

@@ -208,18 +208,66 @@ def build_segment(
     return table, carry
 
 
-class SegmentWriter:
-    """Writes numbered segments of one kind into one rank directory."""
+# A segment lands every COMMTRACE_FLUSH_S so that a crash loses at most that much; a job issuing a few
+# collectives a second then leaves tens of thousands of files of ten rows a day, and every reader
+# pays per file (DuckDB parses each footer again for every query: ~0.2 ms a file), so such a run
+# read 16x slower than the same events in few files. The writer therefore merges its small
+# collective segments as it goes: once it holds MERGE_SEGMENTS of them or MERGE_ROWS rows, it writes
+# their rows as one segment whose footer names the files it replaces (REPLACES_KEY), then removes
+# them. A merged segment still under SMALL_ROWS joins the next merge, so a slow job ends with one
+# file per ~SMALL_ROWS rows. A reader that finds both a merged segment and files it replaces (a
+# crash between the two steps, or a listing taken in between) reads only the merged one.
+SMALL_ROWS = 4096
+MERGE_SEGMENTS = 60
+MERGE_ROWS = 16384
+REPLACES_KEY = "commtrace.replaces"
 
-    def __init__(self, rank_dir: str, incarnation: str, metadata: dict[str, str]) -> None:
+
+class SegmentWriter:
+    """Writes numbered segments of one kind into one rank directory, merging small collective
+    segments as they accumulate (see SMALL_ROWS)."""
+
+    def __init__(self, rank_dir: str, incarnation: str, metadata: dict[str, str], merge_small: bool = True) -> None:
         self.rank_dir = rank_dir
+        self.merge_small = merge_small  # off only to write runs as recorders before merging did (benchmarks)
         self.incarnation = incarnation
         self.metadata = {"commtrace.schema_version": str(SCHEMA_VERSION), **metadata}
         self.index = 0
         self.bytes_written = 0
         self.rows_written = 0
+        self.merges = 0
+        self._small: list[tuple[str, pa.Table]] = []  # collective segments to merge: (path, rows)
+        self._small_rows = 0
 
     def write(self, table: pa.Table, prefix: str = COLLECTIVES_PREFIX) -> str:
+        final = self._write(table, prefix)
+        self.rows_written += table.num_rows
+        if self.merge_small and prefix == COLLECTIVES_PREFIX and table.num_rows < SMALL_ROWS:
+            self._small.append((final, table.replace_schema_metadata(None)))
+            self._small_rows += table.num_rows
+            if len(self._small) >= MERGE_SEGMENTS or self._small_rows >= MERGE_ROWS:
+                self._merge()
+        return final
+
+    def _merge(self) -> None:
+        """Write the small segments held as one, then remove them. If the merged one cannot be
+        written (a full disk), the small ones stay, and so does the run."""
+        paths = [path for path, _ in self._small]
+        table = pa.concat_tables([rows for _, rows in self._small]).unify_dictionaries().combine_chunks()
+        self._small, self._small_rows = [], 0
+        replaces = json.dumps([os.path.basename(p) for p in paths], separators=(",", ":"))
+        merged = self._write(table.replace_schema_metadata({REPLACES_KEY: replaces}), COLLECTIVES_PREFIX)
+        self.merges += 1
+        for path in paths:
+            try:
+                self.bytes_written -= os.path.getsize(path)
+                os.unlink(path)
+            except OSError:
+                pass  # gone already, or left: the merged segment's footer says it replaces it
+        if table.num_rows < SMALL_ROWS:
+            self._small, self._small_rows = [(merged, table)], table.num_rows
+
+    def _write(self, table: pa.Table, prefix: str) -> str:
         os.makedirs(self.rank_dir, exist_ok=True)
         metadata = {**(table.schema.metadata or {}), **self.metadata}
         if prefix == COLLECTIVES_PREFIX:
@@ -239,7 +287,6 @@ class SegmentWriter:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
         self.bytes_written += os.path.getsize(final)
-        self.rows_written += table.num_rows
         return final
 
 

@@ -88,3 +88,51 @@ def test_build_segment_joins_statuses_nulls_and_global_ranks():
     (barrier,) = final.to_pylist()
     assert (barrier["op"], barrier["dtype"], barrier["device"], barrier["bytes_in"]) == ("barrier", None, None, 0)
     assert barrier["status"] == "in_flight" and len(rest) == 0
+
+
+def _segments_of(per_segment: int, segments: int, groups) -> list:
+    """``segments`` tables of ``per_segment`` completed all_reduces each, seqs running on."""
+    tables = []
+    for s in range(segments):
+        ids = range(s * per_segment, (s + 1) * per_segment)
+        issues = b"".join(_issue(i, 1_000 + 10 * i, "all_reduce") for i in ids)
+        dones = b"".join(C.DONE.pack(i, 1_005 + 10 * i, NULL64, C.OK) for i in ids)
+        table, _ = build_segment(issues_from(issues), dones_from(dones), groups, 0, 10**12, {}, None)
+        tables.append(table)
+    return tables
+
+
+def test_small_segments_are_merged_and_the_merged_ones_replace_them(tmp_path):
+    """A slow job's one-second segments end as few files holding every row once, each merged one
+    naming the files it replaced; the analysis reads every row once, also when a recorder stopped
+    between writing a merged segment and removing what it replaces."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from analysis.load import Run
+    from recorder.writer import MERGE_SEGMENTS, REPLACES_KEY, SegmentWriter
+
+    groups = [_group("0", [0])]
+    rank_dir = tmp_path / "run" / "rank=00000"
+    writer = SegmentWriter(str(rank_dir), "1-2", {"commtrace.run_id": "run", "commtrace.rank": "0"})
+    written = 3 * MERGE_SEGMENTS - 2 + 5  # three merges (the 2nd and 3rd fold in the merge before), 5 after
+    for table in _segments_of(10, written, groups):
+        writer.write(table)
+    files = sorted(rank_dir.glob("collectives-*.parquet"))
+    assert len(files) == 6 and writer.merges == 3
+    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+    assert sorted(r["seq"] for r in rows) == list(range(10 * written))
+    merged = pq.read_metadata(files[0]).metadata
+    assert len(json.loads(merged[REPLACES_KEY.encode()])) == MERGE_SEGMENTS  # 59 small + the previous merge
+    assert writer.rows_written == len(rows) and writer.bytes_written == sum(f.stat().st_size for f in files)
+
+    # A recorder stopped between the two steps: the replaced files are still there.
+    replaced = json.loads(merged[REPLACES_KEY.encode()])
+    small = _segments_of(10, 1, groups)[0]
+    small = small.replace_schema_metadata({**writer.metadata, "commtrace.groups": "{}"})
+    pq.write_table(small, rank_dir / replaced[-1])
+    (tmp_path / "run" / "rank=00000" / "rank-1-2.json").write_text(json.dumps({"rank": 0, "world_size": 1}))
+    run = Run.open(tmp_path / "run")
+    assert run.sql("SELECT count(*) AS n, count(DISTINCT seq) AS d FROM collectives").row(0) == (len(rows), len(rows))
+    assert not run.problems
