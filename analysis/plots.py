@@ -30,7 +30,8 @@ class Plot(Figure):
     """A matplotlib Figure that shows itself in Jupyter as a PNG (no pyplot needed).
 
     Every text in it is drawn literally: host, group and run names come from the trace, and a "$"
-    in one would otherwise be read as math (``$\\frac{$`` fails to draw at all)."""
+    in one would otherwise be read as math (``$\\frac{$`` fails to draw at all); control characters
+    in them are drawn as their escapes (``\\x1b``), not as missing glyphs."""
 
     def _repr_png_(self) -> bytes:
         return png(self)
@@ -38,6 +39,10 @@ class Plot(Figure):
     def draw(self, renderer) -> None:
         for label in self.findobj(Text):
             label.set_parse_math(False)
+            shown = label.get_text()
+            visible = "\n".join(text.clean(line) for line in shown.split("\n"))  # our own labels break lines
+            if visible != shown:
+                label.set_text(visible)
         super().draw(renderer)
 
 
