@@ -48,11 +48,15 @@ _NO_SAMPLES = (
     "NULL::INTEGER AS port, NULL::VARCHAR AS counter, NULL::BIGINT AS value, NULL::VARCHAR AS text WHERE false"
 )
 P2P_OPS_SQL = "('send', 'recv', 'recv_anysource')"
-# A name (group, op, host, device, counter...) longer than this is no name the recorder writes: a
-# row carrying one is left out, and said. Every row of a column can point at one long dictionary
-# value, and the queries' joins and windows copy it per row (a 1 MB host name in a 116 kB run cost
-# 7.5 GB and 30 s).
+# No name the recorder writes (group, op, host, device, counter...) is longer than this. Every row of
+# a column can point at one long dictionary value, which the queries' joins and windows then copy per
+# row (a 1 MB host name in a 116 kB run cost 7.5 GB and 30 s). The names the queries group and join
+# collectives by (KEY_NAMES) are checked as the rows are (Run._check_rows): a row with a longer one
+# is left out and said; cutting them as they are read would undo DuckDB's dictionary vectors in every
+# query (a third slower). Every other name, and the host samples' (few rows), is cut to MAX_NAME as it
+# is read, as the metadata's are (analysis.metadata.MAX_TEXT): 0.04 s and 86 MB for that run.
 MAX_NAME = 1024
+KEY_NAMES = ("pg", "op", "status")
 # A row the recorder wrote names its rank, group, op, seq and start; one that does not (a file from
 # elsewhere) cannot be placed and is left out of every view.
 WHOLE_ROW_SQL = "rank IS NOT NULL AND pg IS NOT NULL AND op IS NOT NULL AND seq IS NOT NULL AND t_start_ns IS NOT NULL"
@@ -81,11 +85,11 @@ def problem_kind(problem: str) -> str:
     """The kind of one of :attr:`Run.problems`, for tables and reports: ``unreadable_folder`` (a rank's
     folder could not be listed), ``rows_outside_run`` (rows naming a rank the run does not have, left
     out), ``footer_contradicts_rows`` (a segment's rows differ from its footer's summary; the rows
-    are used), ``name_too_long`` (rows carrying a name past MAX_NAME, left out), else
+    are used), ``name_too_long`` (rows whose group, op or status is past MAX_NAME, left out), else
     ``unreadable_file`` (a file skipped, and why)."""
     if "unreadable (" in problem and "; that rank's events" in problem:
         return "unreadable_folder"
-    if f"a name longer than {MAX_NAME} characters" in problem and problem.endswith("; left out"):
+    if f"longer than {MAX_NAME} characters" in problem and problem.endswith("; left out"):
         return "name_too_long"
     if "outside the run's" in problem and problem.endswith("; left out"):
         return "rows_outside_run"
@@ -123,8 +127,7 @@ class Run:
     # not judged (not missing from a collective, not dead).
     unreadable_ranks: set[int] = field(default_factory=set)
     _row_filter: str = WHOLE_ROW_SQL  # which rows of the segments the views hold
-    _text_columns: list[str] = field(default_factory=list)  # the segments' string columns
-    _samples_filter: str = "true"  # which rows of the host samples the views hold
+    _text_columns: dict[str, list[str]] = field(default_factory=dict)  # view -> its string columns
     _spill_dirs: ClassVar[dict[int, str]] = {}  # connection id -> its spill folder (for lock_down)
 
     @classmethod
@@ -208,7 +211,7 @@ class Run:
         run.unreadable_ranks = unreadable_ranks
         run._footers = footers
         run._one_layout = len(layouts) == 1
-        run._text_columns = _text_columns(layouts)
+        run._text_columns["raw_segments"] = [c for c in _text_columns(layouts) if c not in KEY_NAMES]
         run._create_views()
         return run
 
@@ -276,32 +279,31 @@ class Run:
 
         Rows naming a rank outside the run (below 0, or at or past the world size its metadata
         gives) are left out of every view and said. A segment whose rows contradict its footer's
-        summary (another rank than its footer's, another count of collectives or seq range: rows
-        edited or the file replaced) is said, and its footer no longer vouches for its groups
-        (``settled``): the events are compared one by one. (A seq duplicated in place of another,
-        count and range kept, passes this check; the event comparison is what would see it.)"""
+        summary (another rank than its footer's, another count of collectives: rows added, removed
+        or relabelled, or the file replaced) is said, and its footer no longer vouches for its
+        groups (``settled``): the events are compared one by one. (An edit that keeps a segment's
+        rank and count, a seq changed in place, passes this check: the footers' checksums would see
+        it, but checking them means reading every event's op, size and dtype, which ``settled`` is
+        there to avoid.)"""
         world = self.world_size
         outside = f"rank < 0 OR rank >= {int(world)}" if world else "false"
-        long = _long_names_sql(self._text_columns)
+        long = " OR ".join(f"coalesce(strlen({c}), 0) > {MAX_NAME}" for c in KEY_NAMES)
         rows = self.con.execute(f"""
             SELECT filename, count(*) FILTER (WHERE op NOT IN {P2P_OPS_SQL}) AS collectives,
                    min(rank) AS lo_rank, max(rank) AS hi_rank,
-                   min(seq) FILTER (WHERE op NOT IN {P2P_OPS_SQL}) AS lo_seq,
-                   max(seq) FILTER (WHERE op NOT IN {P2P_OPS_SQL}) AS hi_seq,
                    count(*) FILTER (WHERE {outside}) AS outside, min(rank) FILTER (WHERE {outside}) AS example,
                    count(*) FILTER (WHERE {long}) AS long
             FROM read_parquet([{_sql_files(self.segments)}], filename = true, hive_partitioning = false,
                               union_by_name = {"false" if self._one_layout else "true"})
-            WHERE {WHOLE_ROW_SQL}
             GROUP BY filename
         """).fetchall()
         left_out = long_rows = 0
-        for name, collectives, lo_rank, hi_rank, lo_seq, hi_seq, n_outside, example, n_long in rows:
+        for name, collectives, lo_rank, hi_rank, n_outside, example, n_long in rows:
             relative = os.path.relpath(name, self.path)
             if n_long:
                 long_rows += n_long
                 self.problems.append(
-                    f"{relative}: {n_long} rows carry a name longer than {MAX_NAME} characters; left out"
+                    f"{relative}: {n_long} rows carry a group, op or status longer than {MAX_NAME} characters; left out"
                 )
             if n_outside:
                 left_out += n_outside
@@ -311,7 +313,7 @@ class Run:
             kv = self._footers.get(name)
             if kv is None:
                 continue
-            why = _contradiction(kv, collectives, lo_rank, hi_rank, lo_seq, hi_seq)
+            why = _contradiction(kv, collectives, lo_rank, hi_rank)
             if why:
                 self.problems.append(f"{relative}: its rows contradict its footer ({why}); the rows are used")
                 self._footers.pop(name)
@@ -324,7 +326,8 @@ class Run:
         """``raw_collectives``: every segment's rows, and from the in-flight snapshots (a hang dump,
         SIGUSR1, SIGTERM) each operation no segment holds: one still in flight when the rank died
         or was killed. An operation that completed after a snapshot is in a segment, completed."""
-        snapshots, _ = self._usable("rank=*/inflight-*.parquet", REQUIRED_COLUMNS)
+        snapshots, layouts = self._usable("rank=*/inflight-*.parquet", REQUIRED_COLUMNS)
+        self._text_columns["raw_snapshots"] = [c for c in _text_columns(layouts) if c not in KEY_NAMES]
         self._snapshots = snapshots
         if not snapshots:
             self.con.execute(
@@ -358,23 +361,8 @@ class Run:
         if files:
             self._sample_files = files
             self._samples_one_layout = len(layouts) == 1
+            self._text_columns["samples"] = _text_columns(layouts)
             self._parquet_view("samples", files, self._samples_one_layout)
-            long = _long_names_sql(_text_columns(layouts))
-            rows = self._guarded(
-                lambda: self.con.execute(f"""
-                    SELECT filename, count(*) FROM read_parquet([{_sql_files(self._sample_files)}], filename = true,
-                        hive_partitioning = false, union_by_name = {"false" if self._samples_one_layout else "true"})
-                    WHERE {long} GROUP BY filename ORDER BY filename
-                """).fetchall()
-            )
-            for name, n in rows:
-                self.problems.append(
-                    f"{os.path.relpath(name, self.path)}: {n} samples carry a name longer than {MAX_NAME} characters; "
-                    "left out"
-                )
-            if rows:
-                self._samples_filter = f"NOT ({long})"
-                self._parquet_view("samples", self._sample_files, self._samples_one_layout)
         else:
             self.con.execute(f"CREATE VIEW samples AS {_NO_SAMPLES}")
         self.con.execute("""
@@ -601,10 +589,11 @@ class Run:
         footer again each time a query is planned: only when the files' columns differ.
         """
         listed = _sql_files(files)
-        where = self._samples_filter if name == "samples" else "true"
+        cut = ", ".join(f"left({_sql_name(c)}, {MAX_NAME}) AS {_sql_name(c)}" for c in self._text_columns.get(name, []))
+        columns = f"* REPLACE ({cut})" if cut else "*"
         self.con.execute(
-            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listed}], "
-            f"union_by_name = {'false' if one_layout else 'true'}, hive_partitioning = false) WHERE {where}"
+            f"CREATE OR REPLACE VIEW {name} AS SELECT {columns} FROM read_parquet([{listed}], "
+            f"union_by_name = {'false' if one_layout else 'true'}, hive_partitioning = false)"
         )
 
     def _guarded(self, action):
@@ -758,21 +747,18 @@ def _text_columns(layouts) -> list[str]:
     return sorted({name for layout in layouts for name, kind in layout if kind == "BYTE_ARRAY UTF8"})
 
 
-def _long_names_sql(columns: list[str]) -> str:
-    """SQL true for a row with a value longer than MAX_NAME in any of these columns."""
-    tests = [f'coalesce(strlen("{c.replace(chr(34), chr(34) * 2)}"), 0) > {MAX_NAME}' for c in columns]
-    return " OR ".join(tests) or "false"
+def _sql_name(column: str) -> str:
+    """A column name as a quoted SQL identifier."""
+    return '"' + column.replace('"', '""') + '"'
 
 
-def _contradiction(kv: dict, collectives: int, lo_rank, hi_rank, lo_seq, hi_seq) -> str | None:
-    """What a segment's rows (their collectives' count, ranks and seq range) say against its footer's
+def _contradiction(kv: dict, collectives: int, lo_rank, hi_rank) -> str | None:
+    """What a segment's rows (their collectives' count and ranks) say against its footer's
     ``commtrace.rank`` and ``commtrace.groups``, or None. A footer without a summary claims nothing."""
     try:
         rank = int(kv["commtrace.rank"])
         groups = json.loads(kv["commtrace.groups"]).values()
         rows = sum(int(g[0]) for g in groups)
-        first = min((int(g[2]) for g in groups), default=None)
-        last = max((int(g[3]) for g in groups), default=None)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError):
         return None
     if lo_rank is not None and (lo_rank != rank or hi_rank != rank):
@@ -780,8 +766,6 @@ def _contradiction(kv: dict, collectives: int, lo_rank, hi_rank, lo_seq, hi_seq)
         return f"the footer says rank {rank}, the rows rank {ranks}"
     if rows != collectives:
         return f"the footer counts {rows} collectives, the rows hold {collectives}"
-    if rows and (first, last) != (lo_seq, hi_seq):
-        return f"the footer's seqs run {first}-{last}, the rows' {lo_seq}-{hi_seq}"
     return None
 
 

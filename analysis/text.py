@@ -29,12 +29,17 @@ S_NOTE = (
     "S = the message size as nccl-tests defines it: all_gather the whole output, reduce_scatter the whole "
     "input, gather/scatter the whole gathered or scattered buffer, the others the input"
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Control characters, and the bidirectional overrides that reorder what a terminal shows around them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def clean(value: object) -> str:
     """``value`` as text with control characters (escape sequences, newlines) made visible and harmless."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+    return _CONTROL.sub(lambda m: _escape(ord(m.group())), str(value))
+
+
+def _escape(code: int) -> str:
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def size(nbytes: float | None) -> str:

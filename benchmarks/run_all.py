@@ -85,6 +85,7 @@ GROUPS = {
     "memory": ["memory"],
     "scale": ["scale"],
     "out_of_core": ["out_of_core"],
+    "segments": ["segments"],
 }
 STAMPS = "_measured"  # raw results' key for when and at which commit each was measured
 
@@ -123,7 +124,8 @@ def _spread(low, mid, high, unit: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--only", help="comma-separated: overhead, profile, ddp, frameworks, sampler, memory, scale, out_of_core"
+        "--only",
+        help="comma-separated: overhead, profile, ddp, frameworks, sampler, memory, scale, out_of_core, segments",
     )
     parser.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     parser.add_argument("--scratch", default="/tmp", help="where the synthetic runs are generated and kept")
@@ -283,6 +285,32 @@ def main() -> None:
         if per_event is not None:
             what = "bytes on disk per event: that synthetic run (varied sizes, simulated timings)"
             add(what, None, f"{per_event} B", "<= 16 B", per_event <= 16)
+    if want("segments"):
+        command = [py, "benchmarks/segment_count.py", "--repeats", "3"]
+        measured = raw["segments"] = measure("segments", command)
+        by = {r["layout"]: r for r in measured}
+        base = by["160 segments"]
+        for layout, what in (
+            ("20,000 segments written merged", "as this recorder writes them (small segments merged)"),
+            ("20,000 segments, unmerged", "unmerged, as recorders before merging left them"),
+        ):
+            r = by[layout]
+            figure = (
+                f"{r['files']:,} files: {_spread(r['min_s'], r['diagnose_s'], r['max_s'], ' s')}, {r['peak_mib']} MiB"
+            )
+            figure += f"; {base['files']} files: {base['diagnose_s']} s, {base['peak_mib']} MiB; {r['vs_160']}x"
+            figure += f"; same verdict: {r['same_verdict']}"
+            what = f"diagnose, 8 ranks x 25k collectives in 2,500 one-second segments per rank, {what}"
+            add(what, command, figure, "<= 2x the same events in 160 files", r["vs_160"] <= 2 and r["same_verdict"])
+        r = by["20,000 segments, unmerged, one page damaged"]
+        figure = f"{r['diagnose_s']} s; the damaged file named and skipped: {r['skipped_named']}"
+        add(
+            "diagnose, one damaged page among those 20,000 unmerged segments",
+            command,
+            figure,
+            "< 60 s, named",
+            r["diagnose_s"] < 60 and r["skipped_named"],
+        )
     if want("out_of_core"):
         command = [py, "benchmarks/analysis_out_of_core.py", "--run", big_run, "--memory-limit", "2GB"]
         (r,) = raw["out_of_core"] = measure("out_of_core", command, timeout=7200)

@@ -252,7 +252,7 @@ def test_every_subcommand_survives_any_change(tmp_path_factory, sample, changes)
         if code == 2:
             assert len([line for line in err.splitlines() if line.strip()]) == 1, (args, changes, err)
             continue
-        assert "\x1b" not in out and "\x07" not in out, (args, changes)
+        assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out, (args, changes)
         if "json" in args:
             _strict(out)
         if "csv" in args and out:
