@@ -251,6 +251,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    from analysis import compact
+
+    done = compact.compact(args.run, args.output)
+    print(
+        f"wrote {args.output}: {done['rows']:,} rows from {done['segments_before']:,} segments in "
+        f"{done['segments_after']:,}, and {done['files_copied']:,} other files copied"
+    )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis import report
     from analysis.export import check_new_file
@@ -392,6 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the JSON file to write")
     p.add_argument("--force", action="store_true", help="replace the output file if it exists")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser(
+        "compact",
+        help="a copy of a run with each rank's segments merged (runs recorded before the recorder merged them)",
+        description="Write a copy of the run in which each rank's collective segments are merged into one "
+        "file per writing process; everything else is copied as it is. For runs recorded before the recorder "
+        "merged its small segments itself, whose every query reopens each of tens of thousands of files. "
+        "The run is only read; the output must not exist.",
+        epilog="example: analyze-trace compact traces/20261129-101500-ab12cd -o traces/20261129-101500-ab12cd-compact",
+    )
+    p.add_argument("run", help="a run directory (<COMMTRACE_DIR>/<run_id>)")
+    p.add_argument("-o", "--output", required=True, help="the run directory to write (must not exist)")
+    p.set_defaults(func=cmd_compact)
     p = sub.add_parser(
         "report",
         help="one self-contained HTML file: what was flagged, plots, tables (optionally against another run)",

@@ -127,6 +127,7 @@ class Run:
     # not judged (not missing from a collective, not dead).
     unreadable_ranks: set[int] = field(default_factory=set)
     _row_filter: str = WHOLE_ROW_SQL  # which rows of the segments the views hold
+    superseded: set[str] = field(default_factory=set)  # segments whose rows a merged segment holds
     _text_columns: dict[str, list[str]] = field(default_factory=dict)  # view -> its string columns
     _spill_dirs: ClassVar[dict[int, str]] = {}  # connection id -> its spill folder (for lock_down)
 
@@ -210,6 +211,7 @@ class Run:
         run = cls(path, con, run_meta, ranks, segments, problems)
         run.unreadable_ranks = unreadable_ranks
         run._footers = footers
+        run.superseded = superseded
         run._one_layout = len(layouts) == 1
         run._text_columns["raw_segments"] = [c for c in _text_columns(layouts) if c not in KEY_NAMES]
         run._create_views()
@@ -513,18 +515,8 @@ class Run:
             for segment in self.segments:
                 kv = self._footers.get(segment) or {}
                 rank = int(kv["commtrace.rank"])
-                for pg, (rows, done, first, last, checksum) in json.loads(kv["commtrace.groups"]).items():
-                    entry = [int(rows), int(done), int(first), int(last), int(checksum, 16)]
-                    known = totals.get((rank, pg))
-                    if known is None:
-                        totals[(rank, pg)] = entry
-                    else:
-                        known[0] += entry[0]
-                        known[1] += entry[1]
-                        known[2] = min(known[2], entry[2])
-                        known[3] = max(known[3], entry[3])
-                        known[4] = (known[4] + entry[4]) % (1 << 64)
-        except (KeyError, TypeError, ValueError, AttributeError):
+                add_group_summaries(totals, kv, lambda pg, rank=rank: (rank, pg))
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
             return False  # no summary, or one this analysis cannot read: compare the events
         for pg in {pg for _, pg in totals}:
             members = self._members.get(pg)
@@ -678,41 +670,63 @@ class Run:
         files to blame are found: one damaged page among 20,000 segments costs about two reads of
         the run rather than 40,000 queries (five minutes)."""
 
-        def first_error(paths: list[str], fresh: duckdb.DuckDBPyConnection) -> str | None:
-            # Read both through the run's connection and through one of its own: the run's caches
-            # footers, and a damaged file can read differently with and without its cached footer.
-            for con in (self.con, fresh):
-                try:  # every column of every row: COLUMNS(*) makes DuckDB decode them all
-                    query = "SELECT min(hash(COLUMNS(*))) FROM read_parquet(?, union_by_name = true)"
-                    con.execute(query, [[glob.escape(p) for p in paths]]).fetchall()
-                except duckdb.Error as exc:
-                    return str(exc).splitlines()[0][:160]
+        def first_error(paths: list[str], con: duckdb.DuckDBPyConnection) -> str | None:
+            try:  # every column of every row: COLUMNS(*) makes DuckDB decode them all
+                query = "SELECT min(hash(COLUMNS(*))) FROM read_parquet(?, union_by_name = true)"
+                con.execute(query, [[glob.escape(p) for p in paths]]).fetchall()
+            except duckdb.Error as exc:
+                return str(exc).splitlines()[0][:160]
             return None
 
-        def unreadable(paths: list[str]) -> list[tuple[str, str]]:
-            fresh = duckdb.connect()
+        def bad_ones(paths: list[str], con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
             bad = []
-            try:
-                todo = [paths[i : i + UNREADABLE_BATCH] for i in range(0, len(paths), UNREADABLE_BATCH)][::-1]
-                while todo:
-                    batch = todo.pop()
-                    why = first_error(batch, fresh)
-                    if why is None:
-                        continue
-                    if len(batch) == 1:
-                        bad.append((batch[0], why))
-                    else:
-                        todo += [batch[len(batch) // 2 :], batch[: len(batch) // 2]]
-            finally:
-                fresh.close()
+            todo = [paths[i : i + UNREADABLE_BATCH] for i in range(0, len(paths), UNREADABLE_BATCH)][::-1]
+            while todo:
+                batch = todo.pop()
+                why = first_error(batch, con)
+                if why is None:
+                    continue
+                if len(batch) == 1:
+                    bad.append((batch[0], why))
+                else:
+                    todo += [batch[len(batch) // 2 :], batch[: len(batch) // 2]]
             return bad
 
-        return self._drop(
-            unreadable(self.segments) + (unreadable(self._sample_files) if not self._deltas_ready else [])
-        )
+        def unreadable(paths: list[str]) -> list[tuple[str, str]]:
+            # Through the run's connection first (the one the failing query used); if every file
+            # reads whole there, through one of its own: the run's caches footers, and a damaged
+            # file can read differently with and without its cached footer.
+            bad = bad_ones(paths, self.con)
+            if bad:
+                return bad
+            fresh = duckdb.connect()
+            try:
+                return bad_ones(paths, fresh)
+            finally:
+                fresh.close()
+
+        return self._drop(unreadable(self.segments + (self._sample_files if not self._deltas_ready else [])))
 
 
 UNREADABLE_BATCH = 1024
+
+
+def add_group_summaries(totals: dict, kv: dict, key) -> None:
+    """Add a segment footer's per-group summaries (``commtrace.groups``: [rows, done, first seq,
+    last seq, checksum]) into ``totals`` under ``key(pg)``: counts summed, the seq range widened,
+    checksums summed modulo 2^64. Raises KeyError, ValueError or TypeError for a footer without a
+    readable summary."""
+    for pg, (rows, done, first, last, checksum) in json.loads(kv["commtrace.groups"]).items():
+        entry = [int(rows), int(done), int(first), int(last), int(checksum, 16)]
+        known = totals.get(key(pg))
+        if known is None:
+            totals[key(pg)] = entry
+        else:
+            known[0] += entry[0]
+            known[1] += entry[1]
+            known[2] = min(known[2], entry[2])
+            known[3] = max(known[3], entry[3])
+            known[4] = (known[4] + entry[4]) % (1 << 64)
 
 
 def _superseded(segments: list[str], footers: dict[str, dict]) -> set[str]:

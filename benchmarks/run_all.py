@@ -302,6 +302,17 @@ def main() -> None:
             figure += f"; same verdict: {r['same_verdict']}"
             what = f"diagnose, 8 ranks x 25k collectives in 2,500 one-second segments per rank, {what}"
             add(what, command, figure, "<= 2x the same events in 160 files", r["vs_160"] <= 2 and r["same_verdict"])
+        r = by["20,000 segments, unmerged, compacted"]
+        figure = (
+            f"compact: {r['compact_s']} s, once; then diagnose {r['diagnose_s']} s ({r['vs_160']}x), {r['files']} files"
+        )
+        add(
+            "the same 20,000 unmerged segments after analyze-trace compact",
+            command,
+            figure,
+            "<= 2x the same events in 160 files",
+            r["vs_160"] <= 2,
+        )
         r = by["20,000 segments, unmerged, one page damaged"]
         figure = f"{r['diagnose_s']} s; the damaged file named and skipped: {r['skipped_named']}"
         add(

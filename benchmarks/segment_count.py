@@ -4,9 +4,10 @@ One synthetic run's events (8 ranks x 25,000 collectives, 200k events) written t
 recorder's own SegmentWriter: 20 segments per rank (160 files); 2,500 segments per rank as this
 recorder writes them (small segments merged as they accumulate: ~23 files per rank); and 2,500
 segments per rank kept as recorders before merging wrote them (20,000 files). ``diagnose`` runs on
-each in fresh processes, alternated, ``--repeats`` times: median wall time and peak RSS. Then one
-page of one of the 20,000 files is damaged and ``diagnose`` runs once more: the time to find and skip
-it. One JSON line per layout.
+each in fresh processes, alternated, ``--repeats`` times: median wall time and peak RSS. The
+20,000 unmerged segments are then compacted (``analyze-trace compact``: its time, and diagnose on the
+copy). Then one page of one of the 20,000 files is damaged and ``diagnose`` runs once more: the
+time to find and skip it. One JSON line per layout.
 
     python benchmarks/segment_count.py [--repeats 3] [--scratch /tmp/commtrace-segments]
 """
@@ -108,7 +109,30 @@ def main() -> None:
                 }
             )
         )
-    victim = _damage_one_page(runs["20,000 segments, unmerged"])
+    unmerged = runs["20,000 segments, unmerged"]
+    compacted = os.path.join(args.scratch, "compacted")
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "analysis.cli", "compact", unmerged, "-o", compacted],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=3600,
+    )
+    compact_s = time.perf_counter() - started
+    seconds = [_diagnose(compacted)[0] for _ in range(args.repeats)]
+    print(
+        json.dumps(
+            {
+                "layout": "20,000 segments, unmerged, compacted",
+                "compact_s": round(compact_s, 1),
+                "files": len(glob.glob(os.path.join(compacted, "rank=*", "collectives-*.parquet"))),
+                "diagnose_s": round(statistics.median(seconds), 2),
+                "vs_160": round(statistics.median(seconds) / base, 2),
+            }
+        )
+    )
+    victim = _damage_one_page(unmerged)
     seconds, _, out = _diagnose(runs["20,000 segments, unmerged"])
     print(
         json.dumps(

@@ -454,3 +454,32 @@ def test_export_streams_its_events(tmp_path, monkeypatch):
     assert peak < events * 200, (peak, events)  # an event's dict alone is ~1 kB
     out = tmp_path / "trace.json"
     assert export.write(run, str(out)) == len(json.loads(out.read_text())["traceEvents"])
+
+
+def test_compact_makes_a_run_of_many_small_segments_read_like_few(tmp_path):
+    """A run recorded before the recorder merged its segments (800 small files): ``compact`` writes a
+    copy with one segment per rank that diagnoses the same, vouched for by the same footers; the run
+    itself is untouched, a damaged segment is carried over and still reported, and an existing output
+    is refused with one line."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from synthetic_run import generate
+
+    from analysis.load import Run
+
+    run, out = tmp_path / "run", tmp_path / "compacted"
+    generate(str(run), ranks=8, per_rank=500, straggler=3, segments=100, merge=False)
+    damaged = sorted((run / "rank=00002").glob("collectives-*.parquet"))[7]
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    proc = _cli("compact", str(run), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    assert len(list(out.glob("rank=*/collectives-*.parquet"))) == 8 + 1  # and the damaged one, as it was
+    reports = [json.loads(_cli("diagnose", str(r), "--format", "json").stdout) for r in (run, out)]
+    for report in reports:
+        report.pop("run_id", None)
+    assert reports[0] == reports[1]
+    assert any(damaged.name in p for p in reports[1]["problems"])
+    assert Run.open(out).settled() == Run.open(run).settled()
+    again = _cli("compact", str(run), "-o", str(out))
+    assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
