@@ -19,9 +19,9 @@ import tempfile
 import pyarrow.parquet as pq
 
 from analysis import metadata
-from analysis.load import _SEGMENT_NAME, REPLACES_KEY, Run, TraceError, _sql_files, add_group_summaries
+from analysis.load import REPLACES_KEY, SEGMENT_NAME, Run, TraceError, add_group_summaries, sql_files
 
-GROUPS_KEY = "commtrace.groups"  # as recorder.writer.GROUPS_KEY (which imports torch)
+GROUPS_KEY = "commtrace.groups"  # the footer key recorder.writer writes (the analysis never imports the recorder)
 ROW_GROUP = 1 << 20
 
 
@@ -37,7 +37,7 @@ def compact(path: str, out: str) -> dict:
     run = Run.open(path)
     merged = {}  # (rank folder, writer) -> its readable segments
     for segment in run.segments:
-        name = _SEGMENT_NAME.fullmatch(os.path.basename(segment))
+        name = SEGMENT_NAME.fullmatch(os.path.basename(segment))
         writer = name[1] if name else os.path.basename(segment)
         merged.setdefault((os.path.dirname(segment), writer), []).append(segment)
     leave = set(run.segments) | run.superseded
@@ -84,13 +84,13 @@ def _merge(run: Run, segments: list[str], target: str) -> None:
     """One Parquet file of these segments' rows (read by DuckDB, written in row groups of 1M rows),
     its footer the first segment's, with the groups' summaries added up (as Run.settled sums them)
     when every segment has one."""
-    footers = [run._footers.get(s) for s in segments]
+    footers = [run.footer(s) for s in segments]
     kv = {k: v for k, v in (footers[0] or {}).items() if k not in (GROUPS_KEY, REPLACES_KEY)}
     groups = _summed_groups(footers)
     if groups is not None:
         kv[GROUPS_KEY] = json.dumps(groups, separators=(",", ":")).encode()
     relation = run.con.sql(
-        f"SELECT * FROM read_parquet([{_sql_files(segments)}], union_by_name = true, hive_partitioning = false)"
+        f"SELECT * FROM read_parquet([{sql_files(segments)}], union_by_name = true, hive_partitioning = false)"
     )
     reader = relation.to_arrow_reader(ROW_GROUP) if hasattr(relation, "to_arrow_reader") else None
     reader = reader or relation.fetch_record_batch(ROW_GROUP)

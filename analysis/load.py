@@ -295,7 +295,7 @@ class Run:
                    min(rank) AS lo_rank, max(rank) AS hi_rank,
                    count(*) FILTER (WHERE {outside}) AS outside, min(rank) FILTER (WHERE {outside}) AS example,
                    count(*) FILTER (WHERE {long}) AS long
-            FROM read_parquet([{_sql_files(self.segments)}], filename = true, hive_partitioning = false,
+            FROM read_parquet([{sql_files(self.segments)}], filename = true, hive_partitioning = false,
                               union_by_name = {"false" if self._one_layout else "true"})
             GROUP BY filename
         """).fetchall()
@@ -397,7 +397,7 @@ class Run:
         """``probe``: the link probe's rows (COMMTRACE_PROBE), one per (phase, round, probing rank)."""
         files, _ = self._usable("rank=*/probe-*.parquet", PROBE_COLUMNS)
         if files:
-            listed = _sql_files(files)
+            listed = sql_files(files)
             self.con.execute(
                 f"CREATE VIEW probe AS SELECT * FROM read_parquet([{listed}], union_by_name = true, "
                 "hive_partitioning = false)"
@@ -456,6 +456,11 @@ class Run:
         labels = self.group_labels(frame["pg"].unique().to_list())
         column = pl.Series("group", [labels.get(pg, "?") if pg is not None else None for pg in frame["pg"]])
         return frame.with_columns(column)
+
+    def footer(self, segment: str) -> dict:
+        """A readable segment's ``commtrace.*`` key-value metadata ({} for one whose footer no longer
+        vouches for it: its rows contradicted it)."""
+        return dict(self._footers.get(segment) or {})
 
     def ensure_instances(self) -> None:
         """Create the ``instances`` table (once): one row per collective instance (pg, seq), p2p left out.
@@ -580,7 +585,7 @@ class Run:
         rank. union_by_name (files written by different recorder versions) makes DuckDB read every
         footer again each time a query is planned: only when the files' columns differ.
         """
-        listed = _sql_files(files)
+        listed = sql_files(files)
         cut = ", ".join(f"left({_sql_name(c)}, {MAX_NAME}) AS {_sql_name(c)}" for c in self._text_columns.get(name, []))
         columns = f"* REPLACE ({cut})" if cut else "*"
         self.con.execute(
@@ -739,7 +744,7 @@ def _superseded(segments: list[str], footers: dict[str, dict]) -> set[str]:
     present = set(segments)
     for seg in segments:
         raw = footers.get(seg, {}).get(REPLACES_KEY)
-        mine = _SEGMENT_NAME.fullmatch(os.path.basename(seg))
+        mine = SEGMENT_NAME.fullmatch(os.path.basename(seg))
         if raw is None or mine is None:
             continue
         try:
@@ -747,13 +752,13 @@ def _superseded(segments: list[str], footers: dict[str, dict]) -> set[str]:
         except (ValueError, RecursionError):
             continue
         for name in names if isinstance(names, list) else ():
-            theirs = _SEGMENT_NAME.fullmatch(name) if isinstance(name, str) else None
+            theirs = SEGMENT_NAME.fullmatch(name) if isinstance(name, str) else None
             if theirs and theirs[1] == mine[1] and int(theirs[2]) < int(mine[2]):
                 out.add(os.path.join(os.path.dirname(seg), name))
     return out & present
 
 
-_SEGMENT_NAME = re.compile(r"collectives-(.+)-(\d{1,18})\.parquet")
+SEGMENT_NAME = re.compile(r"collectives-(.+)-(\d{1,18})\.parquet")
 
 
 def _text_columns(layouts) -> list[str]:
@@ -817,7 +822,7 @@ def _regular_files(root: str, pattern: str, problems: list[str]) -> list[str]:
     return files
 
 
-def _sql_files(paths: list[str]) -> str:
+def sql_files(paths: list[str]) -> str:
     """Files for a SQL list given to DuckDB's readers, which expand ``*``, ``?`` and ``[`` as globs: a
     run folder named ``run[0]`` or a file named with ``*`` would otherwise read other files, or one
     file several times. ``glob.escape``'s brackets are DuckDB's escape too."""
