@@ -133,8 +133,9 @@ def test_metadata_of_the_wrong_type_is_left_out_and_said(tmp_path, mutation):
     run = _copy(tmp_path)
     _edit_meta(run, 1, MUTATIONS[mutation])
     _survives(run, ("summary", "diagnose"), problem="rank=00001/")
-    proc = _cli("report", str(run), "-o", str(tmp_path / "report.html"))
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    if mutation in ("dropped_events text", "host a list"):  # what broke report (the property test runs it on any)
+        proc = _cli("report", str(run), "-o", str(tmp_path / "report.html"))
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_a_rank_offset_of_8e18_is_not_applied(tmp_path):

@@ -224,7 +224,7 @@ COMMANDS = [
 
 # No shrinking: a failure is reported as drawn (shrinking one took over five minutes of reruns).
 @settings(
-    max_examples=8,
+    max_examples=6,
     deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture],
