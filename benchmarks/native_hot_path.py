@@ -59,7 +59,7 @@ def main() -> None:
     import recorder
     from recorder import _state
     from recorder import capture as C
-    from recorder.writer import ISSUE_DTYPE
+    from recorder.records import ISSUE_DTYPE
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,7 +26,6 @@ from the backend's CUDA events (``Work._get_duration()``).
 from __future__ import annotations
 
 import functools
-import struct
 import threading
 import time
 
@@ -36,6 +35,25 @@ import torch.distributed.distributed_c10d as c10d
 
 from recorder import _state
 from recorder._log import warn_once
+from recorder.records import (  # noqa: F401  (the names are capture's API too: C.OPS, C.ISSUE, C.OK ...)
+    APIS,
+    DEVICE_CPU,
+    DEVICE_CUDA,
+    DEVICE_NAMES,
+    DEVICE_NONE,
+    DONE,
+    DTYPES,
+    ERROR,
+    IN_FLIGHT,
+    ISSUE,
+    NULL32,
+    NULL64,
+    OK,
+    OPS,
+    P2P_OPS,
+    STATUS_NAMES,
+    Names,
+)
 
 _PG = c10d.ProcessGroup
 _Tensor = torch.Tensor
@@ -45,58 +63,17 @@ _mono = time.monotonic_ns
 _Work = torch._C._distributed_c10d.Work
 _native_wait = _Work.wait
 
-# An operation is two events: an issue (appended before the call, so hangs and crashes still show
-# it) and a completion. Each is one fixed-size binary record appended to a bytearray of the session
-# (``buffer`` and ``done``): one struct.pack and one in-place concatenation, both C calls and the
-# append atomic under the GIL, so any thread may record. The writer takes whole records from the
-# front and reads them as numpy columns without a Python step per event (writer.ISSUE_DTYPE). Names
-# (op, dtype, API) are small codes into the tables below; a null is NULL32, NULL64 or a code of -1.
-ISSUE = struct.Struct("<qqqqqqiiihhhBBB")
-"""id, t0 (monotonic ns), seq, n_in, n_out, step, group index, peer, root (group ranks), op, dtype,
-api, async, coalesced, device"""
-DONE = struct.Struct("<qqqB")
-"""id, t1 (monotonic ns), gpu_ns, status"""
+# The records an operation leaves (an issue before the call, a completion after), the name tables and
+# the null encodings are declared once, without torch, in recorder.records; capture only packs them.
 _issue = ISSUE.pack
 _done = DONE.pack
-NULL32, NULL64 = -(2**31), -(2**63)
-DEVICE_NONE, DEVICE_CPU, DEVICE_CUDA = 0, 1, 2
-DEVICE_NAMES = (None, "cpu", "cuda")
-OK, ERROR, IN_FLIGHT = 0, 1, 2
-STATUS_NAMES = ("ok", "error", "in_flight")
 
 GROUPS: list = []
 """Every GroupInfo of this process, by index (issue events carry the index)."""
 
 
-class Names:
-    """Values recorded as small integer codes, numbered in order of first sight; ``names[code]``."""
-
-    def __init__(self) -> None:
-        self.codes: dict = {}
-        self.names: list = []
-        self._lock = threading.Lock()
-
-    def code(self, value) -> int:
-        found = self.codes.get(value)
-        if found is None:
-            with self._lock:  # any thread may meet a new dtype
-                found = self.codes.get(value)
-                if found is None:
-                    found = len(self.names)
-                    self.names.append(value)
-                    self.codes[value] = found
-        return found
-
-
-OPS = Names()
-"""op names (all_reduce, send ...), coded when their override is made."""
-APIS = Names()
-"""torch.distributed API names that label operations (install.py's annotations)."""
-DTYPES = Names()
-"""torch dtypes, coded at their first operation."""
 _dtype_codes = DTYPES.codes
 
-P2P_OPS = frozenset({"send", "recv", "recv_anysource"})
 WAIT_TWICE_BACKENDS = frozenset({"gloo", "fake"})
 # Python APIs that wait for their point-to-point operation before returning.
 SYNC_P2P_APIS = frozenset({APIS.code("send"), APIS.code("recv")})

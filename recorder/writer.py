@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recorder import _arrow
-from recorder import capture as C
+from recorder import records as C
+from recorder.records import NO_DONES, NO_ISSUES, dones_from, issues_from  # noqa: F401  (the session's)
 from recorder.schema import COLLECTIVE_SCHEMA, COLLECTIVES_PREFIX, DELTA_COLUMNS, SCHEMA_VERSION
 
 # A segment holds about a second of operations, often a few hundred rows, so its footer weighs as
@@ -43,43 +44,6 @@ def _write_parquet(table: pa.Table, path: str) -> None:
     with pq.ParquetWriter(path, table.schema.remove_metadata(), **_PARQUET_OPTIONS) as writer:
         writer.write_table(table.replace_schema_metadata(None))
         writer.add_key_value_metadata(metadata)
-
-
-# The records of recorder.capture (ISSUE, DONE) as numpy rows: the writer reads a flush's worth of
-# them as columns in place, with no Python step per event.
-ISSUE_DTYPE = np.dtype(
-    [
-        ("id", "<i8"),
-        ("t0", "<i8"),
-        ("seq", "<i8"),
-        ("n_in", "<i8"),
-        ("n_out", "<i8"),
-        ("step", "<i8"),
-        ("group", "<i4"),
-        ("peer", "<i4"),
-        ("root", "<i4"),
-        ("op", "<i2"),
-        ("dtype", "<i2"),
-        ("api", "<i2"),
-        ("async", "u1"),
-        ("coalesced", "u1"),
-        ("device", "u1"),
-    ]
-)
-DONE_DTYPE = np.dtype([("id", "<i8"), ("t1", "<i8"), ("gpu_ns", "<i8"), ("status", "u1")])
-assert ISSUE_DTYPE.itemsize == C.ISSUE.size and DONE_DTYPE.itemsize == C.DONE.size
-NO_ISSUES = np.empty(0, dtype=ISSUE_DTYPE)
-NO_DONES = np.empty(0, dtype=DONE_DTYPE)
-
-
-def issues_from(data) -> np.ndarray:
-    """Packed issue records (bytes-like) as rows of ISSUE_DTYPE."""
-    return np.frombuffer(data, dtype=ISSUE_DTYPE) if len(data) else NO_ISSUES
-
-
-def dones_from(data) -> np.ndarray:
-    """Packed completion records (bytes-like) as rows of DONE_DTYPE."""
-    return np.frombuffer(data, dtype=DONE_DTYPE) if len(data) else NO_DONES
 
 
 def _dtype_info(dtype, cache: dict) -> tuple[str | None, int]:

@@ -136,3 +136,24 @@ def test_small_segments_are_merged_and_the_merged_ones_replace_them(tmp_path):
     run = Run.open(tmp_path / "run")
     assert run.sql("SELECT count(*) AS n, count(DISTINCT seq) AS d FROM collectives").row(0) == (len(rows), len(rows))
     assert not run.problems
+
+
+def test_the_writer_sampler_and_synthetic_runs_never_load_torch():
+    """The record layout is declared once, in recorder.records, without torch: the writer, the sampler
+    and the analysis tests' synthetic runs use it in processes that never load torch."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, clean_env
+
+    code = (
+        "import sys\n"
+        "sys.path.insert(0, 'tests')\n"
+        "import recorder.writer, recorder.sampler, synthetic\n"
+        "from recorder.records import ISSUE, ISSUE_DTYPE, DONE, DONE_DTYPE\n"
+        "assert ISSUE.size == ISSUE_DTYPE.itemsize and DONE.size == DONE_DTYPE.itemsize\n"
+        "print('torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
