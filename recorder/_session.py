@@ -349,6 +349,9 @@ class Session:
                 result = {"error": f"the store failed: {exc!r}", "rounds": 0, "rounds_asked": rounds}
         if self._clock_stop.is_set() and result.get("error"):
             return  # cut short by the trace closing: the last measurement stands
+        previous = self.clock.get(phase)
+        if result.get("error") and isinstance(previous, dict) and not previous.get("error"):
+            return  # a later round failed (rank 0 already closing, a busy store): the last good one stands
         self.clock[phase] = result
         self.waits[f"clock_{phase}_s"] = result.get("wait_s", 0.0)
         if phase == "start" and result.get("error"):

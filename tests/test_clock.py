@@ -57,3 +57,31 @@ def test_cancelling_a_rank_waiting_for_the_server_ends_its_measurement_at_once()
     thread.join(5)
     assert not thread.is_alive() and time.monotonic() - began < 1
     assert results[0]["error"] == "this rank closed its trace" and results[0]["rounds"] == 0
+
+
+def test_a_failed_later_measurement_keeps_the_last_good_end_offset(monkeypatch):
+    """The periodic ``end`` measurement runs until the trace closes; one that fails because rank 0
+    is already closing (seen in CI: ``end`` with 0 rounds) must not replace the good one before it."""
+    from types import SimpleNamespace
+
+    from recorder import _session
+
+    results = iter(
+        [
+            {"offset_ns": 12, "rtt_ns": 40, "rounds": 5, "rounds_asked": 5, "wait_s": 0.01},
+            {"error": "timed out waiting for rank 0", "rounds": 0, "rounds_asked": 5, "wait_s": 2.0},
+        ]
+    )
+    monkeypatch.setattr(_session.clock, "measure", lambda *args, **kwargs: next(results))
+    rank = SimpleNamespace(
+        config=SimpleNamespace(clock_rounds=5),
+        _clock_waiter=object(),
+        _clock_base=lambda: "t",
+        rank=1,
+        _clock_stop=threading.Event(),
+        clock={},
+        waits={},
+    )
+    _session.Session._measure_clock(rank, "end")
+    _session.Session._measure_clock(rank, "end")
+    assert rank.clock["end"]["rounds"] == 5 and rank.clock["end"]["offset_ns"] == 12
