@@ -100,7 +100,7 @@ def collectives(run: Run) -> pl.DataFrame:
             FROM inst WHERE ok
         )
         SELECT pg, op, pg_size,
-               CAST(pow(2, floor(log2(greatest(size_bytes, 1)))) AS BIGINT) AS size_bucket,
+               {formulas.size_bucket_sql("size_bytes")} AS size_bucket,
                count(*) AS count, {_sum64("size_bytes")} AS bytes,
                round(quantile_cont(transfer_ns, 0.5) / 1e6, 4) AS p50_ms,
                round(quantile_cont(transfer_ns, 0.95) / 1e6, 4) AS p95_ms,
@@ -126,7 +126,7 @@ def straggler_instances(run: Run) -> pl.DataFrame:
     """)
 
 
-def _arrivals_ctes(run: Run) -> str:
+def arrivals_ctes(run: Run) -> str:
     """CTEs ending in ``arrivals``: each collective event (p2p and barriers left out) of an instance
     every member recorded and completed, beside the instance's first and last arrival.
 
@@ -197,7 +197,7 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
     """
     per_rank = run.sql(
         f"""
-        WITH {_arrivals_ctes(run)},
+        WITH {arrivals_ctes(run)},
         buckets AS (
             -- One pass into (rank, lateness bucket), buckets 1 % wide on a log scale (ln(ns) x 100;
             -- lateness 0 in a bucket of its own): everything below is rolled up from these few
@@ -426,16 +426,20 @@ def network(run: Run) -> pl.DataFrame:
     """)
 
 
-# Counters whose increase means loss, errors or congestion (the RDMA ones: anything that is not
-# a data or packet count).
-_BAD_COUNTERS_SQL = """
+# An RDMA counter of traffic (bytes, 4-byte data words, packets, work requests); every other RDMA
+# counter (errors, retries, congestion notifications, out-of-sequence, waits) moving is news.
+RDMA_TRAFFIC_SQL = (
+    "(counter LIKE '%bytes' OR counter LIKE '%_data' OR counter LIKE '%packets' OR counter LIKE '%pkts' "
+    "OR counter LIKE '%_wrs')"
+)
+# Counters whose increase means loss, errors or congestion (the RDMA ones: anything not traffic).
+BAD_COUNTERS_SQL = f"""
     (source = 'net_dev' AND counter IN ('rx_errs', 'tx_errs', 'rx_drop', 'tx_drop', 'rx_fifo', 'tx_fifo',
                                          'rx_frame', 'tx_carrier'))
     OR (source = 'snmp' AND counter IN ('RetransSegs', 'InErrs', 'InCsumErrors'))
     OR (source = 'netstat' AND counter IN ('TCPTimeouts', 'TCPLostRetransmit'))
     OR (source = 'tcp_conn' AND counter = 'total_retrans')
-    OR (source = 'rdma' AND counter NOT LIKE '%bytes' AND counter NOT LIKE '%_data' AND counter NOT LIKE '%packets'
-        AND counter NOT LIKE '%_wrs' AND counter NOT IN ('tx_pkts', 'rx_pkts'))
+    OR (source = 'rdma' AND NOT {RDMA_TRAFFIC_SQL})
 """
 
 
@@ -475,7 +479,7 @@ def bad_intervals(run: Run, worst: int | None = None) -> pl.DataFrame:
             SELECT d.host, d.source, d.device, d.counter, d.delta,
                    d.t0_ns + coalesce(h.offset_ns, 0) AS t0_ns, d.t1_ns + coalesce(h.offset_ns, 0) AS t1_ns
             FROM counter_deltas d LEFT JOIN host_offsets h USING (host)
-            WHERE d.delta > 0 AND ({_BAD_COUNTERS_SQL})
+            WHERE d.delta > 0 AND ({BAD_COUNTERS_SQL})
             ORDER BY d.delta DESC, t0_ns
             {"" if worst is None else f"LIMIT {int(worst)}"}
         ),
@@ -649,14 +653,12 @@ def rdma(run: Run) -> pl.DataFrame:
     """Per host, RDMA device and port: bytes moved (4-byte words scaled) and every error or congestion
     counter that moved during the run (RoCE out_of_sequence, CNPs, EFA retransmissions ...)."""
     run.ensure_deltas()
-    return run.sql("""
+    return run.sql(f"""
         SELECT host, device, port,
                CAST(sum(bytes) FILTER (WHERE counter = 'port_xmit_data') AS BIGINT) AS tx_bytes,
                CAST(sum(bytes) FILTER (WHERE counter = 'port_rcv_data') AS BIGINT) AS rx_bytes,
-               map_from_entries(list({'k': counter, 'v': total} ORDER BY counter)
-                   FILTER (WHERE total > 0 AND counter NOT IN ('port_xmit_data', 'port_rcv_data')
-                           AND counter NOT LIKE '%packets' AND counter NOT LIKE '%bytes'
-                           AND counter NOT LIKE '%_wrs' AND counter NOT LIKE '%pkts'))
+               map_from_entries(list({{'k': counter, 'v': total}} ORDER BY counter)
+                   FILTER (WHERE total > 0 AND NOT {RDMA_TRAFFIC_SQL}))
                    AS moved_counters
         FROM (
             SELECT host, device, port, counter, CAST(sum(delta) AS BIGINT) AS total, sum(bytes) AS bytes
@@ -689,7 +691,7 @@ def latency(run: Run, max_bytes: int = 65536) -> pl.DataFrame:
                    (r.t_end_ns - greatest(s.t_start_ns, r.t_start_ns)) / 1e3 AS us
             FROM sends s JOIN recvs r USING (pg, src, dst, seq)
         )
-        SELECT pg, op, CAST(pow(2, floor(log2(greatest(size_bytes, 1)))) AS BIGINT) AS size_bucket,
+        SELECT pg, op, {formulas.size_bucket_sql("size_bytes")} AS size_bucket,
                count(*) AS count, round(quantile_cont(us, 0.5), 1) AS p50_us,
                round(quantile_cont(us, 0.95), 1) AS p95_us, round(max(us), 1) AS max_us
         FROM (SELECT * FROM coll UNION ALL SELECT * FROM p2p)

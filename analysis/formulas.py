@@ -70,3 +70,9 @@ def bus_factor(family: str, n: int) -> float:
     if family in ("all_gather", "reduce_scatter", "all_to_all", "gather", "scatter"):
         return (n - 1.0) / n
     return 1.0
+
+
+def size_bucket_sql(size: str) -> str:
+    """SQL for the size bucket of a message of ``size`` bytes: the power of two at or below it (1 for
+    0), the key every table and comparison groups sizes by."""
+    return f"CAST(pow(2, floor(log2(greatest({size}, 1)))) AS BIGINT)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from analysis.findings import _BAD_COUNTERS_SQL, _arrivals_ctes, host_offsets_ctes
+from analysis.findings import BAD_COUNTERS_SQL, arrivals_ctes, host_offsets_ctes
 from analysis.load import Run
 
 _NO_HOSTS = """
@@ -38,7 +38,7 @@ def lateness_over_time(run: Run, windows: int = 60) -> pl.DataFrame:
         return pl.DataFrame(schema={"rank": pl.Int32, "window": pl.Int64, "t_s": pl.Float64})
     return run.sql(
         f"""
-        WITH {_arrivals_ctes(run)},
+        WITH {arrivals_ctes(run)},
         span AS (
             SELECT min(first_ns) AS lo, greatest((max(first_ns) - min(first_ns)) / ?, 1) AS width FROM arrivals
         ),
@@ -107,7 +107,7 @@ def host_series(run: Run) -> pl.DataFrame:
                         WHEN source = 'tcp_conn' AND counter = 'total_retrans' THEN 'conn_retrans'
                         ELSE 'other_bad' END AS series,
                    t0_s, t1_s, sum(delta) / (t1_s - t0_s) AS value
-            FROM d WHERE delta > 0 AND ({_BAD_COUNTERS_SQL}) GROUP BY host, interface, series, t0_s, t1_s
+            FROM d WHERE delta > 0 AND ({BAD_COUNTERS_SQL}) GROUP BY host, interface, series, t0_s, t1_s
         )
         SELECT * FROM rates UNION ALL SELECT * FROM bad
         ORDER BY host, series, interface, t0_s
