@@ -426,11 +426,12 @@ def network(run: Run) -> pl.DataFrame:
     """)
 
 
-# An RDMA counter of traffic (bytes, 4-byte data words, packets, work requests); every other RDMA
-# counter (errors, retries, congestion notifications, out-of-sequence, waits) moving is news.
+# An RDMA counter of traffic (bytes, 4-byte data words, packets, work requests), retransmitted traffic
+# excepted (EFA's retrans_pkts, retrans_bytes); every other RDMA counter (errors, retries, congestion
+# notifications, out-of-sequence, waits) moving is news.
 RDMA_TRAFFIC_SQL = (
-    "(counter LIKE '%bytes' OR counter LIKE '%_data' OR counter LIKE '%packets' OR counter LIKE '%pkts' "
-    "OR counter LIKE '%_wrs')"
+    "((counter LIKE '%bytes' OR counter LIKE '%_data' OR counter LIKE '%packets' OR counter LIKE '%pkts' "
+    "OR counter LIKE '%_wrs') AND counter NOT LIKE '%retrans%')"
 )
 # Counters whose increase means loss, errors or congestion (the RDMA ones: anything not traffic).
 BAD_COUNTERS_SQL = f"""

@@ -374,3 +374,29 @@ def test_footers_settle_a_real_run(spawned):
     for finding in (findings.hangs, findings.desyncs, findings.stragglers):
         settled, compared = finding(run), finding(events_only)
         assert settled.schema == compared.schema and settled.equals(compared), finding.__name__
+
+
+def test_rdma_retransmissions_are_news_and_traffic_is_not(tmp_path):
+    """One definition of RDMA traffic for the error filter and for rdma()'s moved counters: EFA's
+    retrans_pkts and retrans_bytes are retransmissions (rdma() left retrans_pkts out as a packet
+    count), tx_pkts, *_wrs and *_bytes are traffic."""
+    from synthetic import write_samples
+
+    run_dir = write_run(tmp_path / "run", _healthy(2, range(3)), 2)
+    s = 1_000_000_000
+    rows = []
+    for counter, first, then in (
+        ("tx_pkts", 100, 900),
+        ("send_wrs", 10, 90),
+        ("tx_bytes", 1000, 9000),
+        ("retrans_pkts", 0, 4),
+        ("retrans_bytes", 0, 4096),
+        ("rx_drops", 1, 3),
+    ):
+        rows += [(T0, "rdma", "efa_0", 1, counter, first), (T0 + s, "rdma", "efa_0", 1, counter, then)]
+    write_samples(run_dir, "h0", rows)
+    run = Run.open(run_dir)
+    (port,) = findings.rdma(run).to_dicts()
+    assert dict(port["moved_counters"]) == {"retrans_pkts": 4, "retrans_bytes": 4096, "rx_drops": 2}
+    bad = {r["counter"] for r in findings.bad_intervals(run).to_dicts() if r["source"] == "rdma"}
+    assert bad == {"retrans_pkts", "retrans_bytes", "rx_drops"}
