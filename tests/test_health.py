@@ -144,3 +144,23 @@ def test_a_clock_missing_on_rank_0s_own_host_does_not_matter(tmp_path: Path):
         _edit(run, r, clock={}, config={"clock_rounds": 5, "clock_sync": False})
     kinds = {(f["kind"], f["rank"]) for f in diagnose.diagnose(Run.open(run))["recording"]}
     assert kinds == {("clock", 2)}
+
+
+def test_a_run_of_many_small_segments_is_told_to_compact(tmp_path):
+    """Thousands of small segments (older recorders did not merge them) make every query open each
+    file: the recording's health says so and names the command that fixes it; the same events as
+    this recorder writes them (merged) say nothing."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from synthetic_run import generate
+
+    limits = health.Limits(many_segments=400)
+    for merge in (False, True):
+        run_dir = tmp_path / f"run-{merge}"
+        generate(str(run_dir), ranks=8, per_rank=500, straggler=3, segments=100, merge=merge)
+        found = [f for f in health.findings(Run.open(run_dir), limits) if f["kind"] == "many_segments"]
+        if merge:
+            assert found == []
+        else:
+            (finding,) = found
+            assert finding["segments"] == 800
+            assert f"analyze-trace compact {run_dir} -o NEW" in finding["summary"], finding["summary"]
