@@ -92,8 +92,9 @@ def _merge(run: Run, segments: list[str], target: str) -> None:
     relation = run.con.sql(
         f"SELECT * FROM read_parquet([{sql_files(segments)}], union_by_name = true, hive_partitioning = false)"
     )
-    reader = relation.to_arrow_reader(ROW_GROUP) if hasattr(relation, "to_arrow_reader") else None
-    reader = reader or relation.fetch_record_batch(ROW_GROUP)
+    # DuckDB 2 names it to_arrow_reader; 1.x, fetch_record_batch.
+    reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
+    reader = reader(ROW_GROUP)
     with pq.ParquetWriter(target, reader.schema, compression="zstd", store_schema=False) as writer:
         for batch in reader:
             writer.write_batch(batch, row_group_size=ROW_GROUP)

@@ -277,7 +277,8 @@ class Run:
         return files, layouts
 
     def _check_rows(self) -> None:
-        """Each segment's rows against its footer and the run, in one pass over two narrow columns.
+        """Each segment's rows against its footer and the run, in one pass over a few narrow columns
+        (rank, op, and the lengths of the names in KEY_NAMES).
 
         Rows naming a rank outside the run (below 0, or at or past the world size its metadata
         gives) are left out of every view and said. A segment whose rows contradict its footer's
@@ -672,7 +673,7 @@ class Run:
         (For errors that do not name their file.)
 
         Files are read in batches of UNREADABLE_BATCH, and a batch that fails is halved until the
-        files to blame are found: one damaged page among 20,000 segments costs about two reads of
+        files to blame are found: one damaged page among 20,000 segments costs about one read of
         the run rather than 40,000 queries (five minutes)."""
 
         def first_error(paths: list[str], con: duckdb.DuckDBPyConnection) -> str | None:

@@ -187,20 +187,24 @@ _GROUP = _record(
         "group_rank": _int(-1, MAX_RANKS - 1),
     }
 )
-RANK_FIELDS = {
-    "rank": _int(0, MAX_RANKS - 1),
-    "world_size": _int(1, MAX_RANKS),
-    "local_rank": _int(0, MAX_RANKS - 1),
-    "host": _text(),
-    "pid": _int(0, 1 << 31),
-    "incarnation": _text(),
+# What run.json and every rank-*.json say alike about the job and the software.
+_JOB_FIELDS = {
     "run_id": _text(),
+    "world_size": _int(1, MAX_RANKS),
     "job_id": _text(),
     "restart_count": _int(0, 1 << 31),
     "torch_version": _text(),
     "python_version": _text(),
     "recorder_version": _text(),
     "schema_version": _int(0, 1 << 31),
+}
+RANK_FIELDS = {
+    **_JOB_FIELDS,
+    "rank": _int(0, MAX_RANKS - 1),
+    "local_rank": _int(0, MAX_RANKS - 1),
+    "host": _text(),
+    "pid": _int(0, 1 << 31),
+    "incarnation": _text(),
     "started_ns": _int(0, 1 << 62),
     "updated_ns": _int(0, 1 << 62),
     "closed": _flag,
@@ -217,18 +221,7 @@ RANK_FIELDS = {
     "recorder_cpu_s": _float(0, 1e12),
     "sampler": _scalars,
 }
-RUN_FIELDS = {
-    "run_id": _text(),
-    "world_size": _int(1, MAX_RANKS),
-    "job_id": _text(),
-    "restart_count": _int(0, 1 << 31),
-    "torch_version": _text(),
-    "python_version": _text(),
-    "recorder_version": _text(),
-    "schema_version": _int(0, 1 << 31),
-    "created_ns": _int(0, 1 << 62),
-    "created_by_host": _text(),
-}
+RUN_FIELDS = {**_JOB_FIELDS, "created_ns": _int(0, 1 << 62), "created_by_host": _text()}
 
 
 def typed(value, fields: dict, name: str, problems: list[str]) -> dict:
