@@ -66,7 +66,7 @@ def worker(steps: int, warmup: int, out: str, chunks: int = 0, time_calls: bool 
     if chunks:  # in one recorded job: recording on and off in alternate steps (on, off, off, on, ...)
         from recorder import _state
 
-        session, results = _state.session, []
+        session, events, results = _state.session, _state.events, []
         calls = {True: [0, 0], False: [0, 0]}  # recording on/off: ns inside the group's allreduce, calls
         if time_calls:
             from recorder.capture import RecordingProcessGroup
@@ -78,7 +78,7 @@ def worker(steps: int, warmup: int, out: str, chunks: int = 0, time_calls: bool 
                 try:
                     return override(self, *args, **kwargs)
                 finally:
-                    entry = calls[_state.session is not None]
+                    entry = calls[_state.events is not None]
                     entry[0] += clock() - t0
                     entry[1] += 1
 
@@ -88,11 +88,11 @@ def worker(steps: int, warmup: int, out: str, chunks: int = 0, time_calls: bool 
             dist.barrier()
             for i in range(steps):
                 on = (i % 4) in (0, 3)
-                _state.session = session if on else None
+                _state.events = events if on else None
                 t0 = time.perf_counter()
                 step()
                 times[on].append(time.perf_counter() - t0)
-            _state.session = session
+            _state.events = events
             results.append((_trimmed_mean(times[False]), _trimmed_mean(times[True])))
         if rank == 0:
             with open(out, "w") as fh:

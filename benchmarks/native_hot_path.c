@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 static PyObject *state_mod, *dtype_codes, *native_wait;
-static PyObject *s_session, *s_ct_info, *s_ct_shadow, *s_seq, *s_asyncOp, *s_dtype, *s_is_cuda,
+static PyObject *s_events, *s_ct_info, *s_ct_twin, *s_seq, *s_asyncOp, *s_dtype, *s_is_cuda,
     *s_buffer, *s_done, *s_ids, *s_index, *s_step_code, *s_api_depth, *s_coalescing, *s_wait_inside, *s_max_bytes;
 
 static inline int64_t mono(void) {
@@ -49,8 +49,8 @@ static PyObject *record(PyObject *self, PyObject *const *a, Py_ssize_t nargs) {
     int is_async, cuda, group, coalesced, wait_inside, dtype = -1;
     Py_ssize_t max_bytes;
     if (PyErr_Occurred()) return NULL;
-    if (!(s = PyObject_GetAttr(state_mod, s_session)) || !(info = PyObject_GetAttr(pg, s_ct_info)) ||
-        !(twin = PyObject_GetAttr(pg, s_ct_shadow)))
+    if (!(s = PyObject_GetAttr(state_mod, s_events)) || !(info = PyObject_GetAttr(pg, s_ct_info)) ||
+        !(twin = PyObject_GetAttr(pg, s_ct_twin)))
         goto fail;
     if (!(o = PyObject_GetAttr(info, s_seq)) || (seq = PyLong_AsLongLong(o)) == -1) goto fail;
     Py_SETREF(o, PyLong_FromLongLong(seq + 1));
@@ -121,9 +121,9 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_fastrec", NULL, -1, methods};
 PyMODINIT_FUNC PyInit__fastrec(void) {
 #define I(v, t) v = PyUnicode_InternFromString(t)
-    I(s_session, "session"); I(s_ct_info, "_ct_info"); I(s_ct_shadow, "_ct_shadow"); I(s_seq, "seq");
-    I(s_asyncOp, "asyncOp"); I(s_dtype, "dtype"); I(s_is_cuda, "is_cuda"); I(s_buffer, "buffer");
-    I(s_done, "done"); I(s_ids, "ids"); I(s_index, "index"); I(s_step_code, "step_code");
+    I(s_events, "events"); I(s_ct_info, "_ct_info"); I(s_ct_twin, "_ct_twin"); I(s_seq, "seq");
+    I(s_asyncOp, "asyncOp"); I(s_dtype, "dtype"); I(s_is_cuda, "is_cuda"); I(s_buffer, "issues");
+    I(s_done, "dones"); I(s_ids, "ids"); I(s_index, "index"); I(s_step_code, "step_code");
     I(s_api_depth, "api_depth"); I(s_coalescing, "coalescing"); I(s_wait_inside, "wait_inside");
     I(s_max_bytes, "max_bytes");
     return PyModule_Create(&mod);

@@ -59,38 +59,37 @@ def main() -> None:
     import recorder
     from recorder import _state
     from recorder import capture as C
-    from recorder.records import ISSUE_DTYPE
+    from recorder.records import ISSUE_DTYPE, OPS
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         native = build(tmp)
         recorder.enable(tmp, clock_sync=False, run_id="native", flush_s=3600, flush_events=10**9, max_buffered=10**7)
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=4)
-        session = _state.session
+        events = _state.events
         recorded, plain = recording_and_plain_groups(4)
         small = torch.ones(16)
         dist.all_reduce(small, group=recorded)  # the group's info and twin exist from here on
         native.init(_state, C._dtype_codes, C._native_wait)
         python_override = C.RecordingProcessGroup.allreduce
-        record, base, code = native.record, C._PG.allreduce, C._ALL_REDUCE
+        record, base, code = native.record, C._PG.allreduce, OPS.code("all_reduce")
 
         def native_override(self, *args, **kwargs):
-            if _state.session is not None and len(args) == 2 and type(args[0]) is list and len(args[0]) == 1:
+            if _state.events is not None and len(args) == 2 and type(args[0]) is list and len(args[0]) == 1:
                 x = args[0][0]
                 return record(self, base, args[0], args[1], x, x.numel(), code)
             return python_override(self, *args, **kwargs)
 
         def records(override) -> np.ndarray:
             """The issue record one call writes, without its id, time and sequence number."""
-            session.buffer.clear()
+            events.clear()
             C.RecordingProcessGroup.allreduce = override
             try:
                 dist.all_reduce(small, group=recorded)
             finally:
                 C.RecordingProcessGroup.allreduce = python_override
-            rows = np.frombuffer(bytes(session.buffer), dtype=ISSUE_DTYPE).copy()
-            session.buffer.clear()
-            session.done.clear()
+            rows = np.frombuffer(bytes(events.issues), dtype=ISSUE_DTYPE).copy()
+            events.clear()
             return rows[[n for n in ISSUE_DTYPE.names if n not in ("id", "t0", "seq")]]
 
         theirs, ours = records(python_override), records(native_override)
@@ -107,15 +106,14 @@ def main() -> None:
 
         def batch(name: str, calls: int, cold: bool) -> float:
             group = plain if name == "plain" else recorded
-            _state.session = None if name == "override" else session
+            _state.events = None if name == "override" else events
             C.RecordingProcessGroup.allreduce = overrides[name]
             try:
                 return time_calls(blocking, group, calls, sweep if cold else None)
             finally:
                 C.RecordingProcessGroup.allreduce = python_override
-                _state.session = session
-                session.buffer.clear()
-                session.done.clear()
+                _state.events = events
+                events.clear()
 
         for regime, calls in (("warm", 20000), ("cold", 400)):
             cold = regime == "cold"

@@ -80,7 +80,7 @@ def child(calls: int, record: bool, trace_dir: str) -> dict:
     dropped = rows = bytes_written = None
     if record:
         session = _state.session
-        dropped = session.dropped
+        dropped = session.events.dropped
         recorder.disable()  # flushes what is buffered
         rows, bytes_written = trace_footprint(trace_dir)
     samples.append((calls, _status("RssAnon")))

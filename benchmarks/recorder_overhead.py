@@ -98,7 +98,7 @@ def main() -> None:
                     "repeats": args.repeats,
                 }
             )
-        dropped = _state.session.dropped if _state.session else None
+        dropped = _state.events.dropped if _state.events else None
         recorder.disable()
         dist.destroy_process_group()
     for row in results:

@@ -66,18 +66,20 @@ PARTS = [
     ),
     ("two clock reads", [("_mono()", "0")]),
     ("issue record (pack, append)", [("            buf += _issue(", "            (")]),
-    ("completion record (pack, append)", [("            done += _done(rid, _mono(), NULL64, OK)", "            pass")]),
+    ("completion record (pack, append)", [("            ev.complete(rid, OK)", "            pass")]),
     ("inline wait", [("            _native_wait(work)", "            pass")]),
     (
         "group lookup and seq",
         [
             (
-                """        info = pg._ct_info or _info(pg)
-        seq = info.seq
-        info.seq = seq + 1""",
-                """        info = pg._ct_info
-        seq = 0""",
-            )
+                "        info = pg._ct_info or info_of(pg)",
+                "        info = pg._ct_info",
+            ),
+            (
+                """            seq = info.seq
+            info.seq = seq + 1""",
+                "            seq = 0",
+            ),
         ],
     ),
 ]
@@ -104,7 +106,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         recorder.enable(tmp, clock_sync=False, run_id="profile", flush_s=3600, flush_events=10**9, max_buffered=10**7)
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=4)
-        session = _state.session
+        events = _state.events
         recorded, plain = recording_and_plain_groups(4)
         small = torch.ones(16)
         sweep = torch.ones(args.sweep_mb * 2**20 // 4)
@@ -121,15 +123,14 @@ def main() -> None:
         def batch(name: str, call, calls: int, cold: bool) -> float:
             """Microseconds per call of variant ``name`` (fake_groups.time_calls)."""
             group = plain if name == "plain" else recorded
-            _state.session = None if name == "override" else session
+            _state.events = None if name == "override" else events
             C._record = variants[name] or real_record
             try:
                 return time_calls(call, group, calls, sweep if cold else None)
             finally:
                 C._record = real_record
-                _state.session = session
-                session.buffer.clear()
-                session.done.clear()
+                _state.events = events
+                events.clear()
 
         # Warm: every part, blocking calls. Cold: the totals only (there, cutting any one part saves
         # about as much as any other: the misses are shared, not additive), blocking and asynchronous.
@@ -158,7 +159,7 @@ def main() -> None:
                 parts = {name: round(med["recorded"] - med[name], 3) for name, _ in PARTS}
                 row["parts_us"] = parts
                 row["rest_us"] = round(added - override - sum(parts.values()), 3)
-                row["writer_us_per_op"] = round(_writer_cost(session, small, recorded), 3)
+                row["writer_us_per_op"] = round(_writer_cost(_state.session, small, recorded), 3)
             print(json.dumps(row))
         recorder.disable()
         dist.destroy_process_group()

@@ -11,6 +11,13 @@ import threading
 session = None
 """The active :class:`recorder._session.Session`, or None when nothing is recorded."""
 
+events = None
+"""The active session's :class:`recorder.records.EventBuffer`, or None: what capture records into,
+and the one thing the hot path checks to know whether recording is on."""
+
+cuda_timing = True
+"""COMMTRACE_CUDA_TIMING of the active session: whether NCCL groups time operations with CUDA events."""
+
 step: int | None = None
 """The training step set by :func:`recorder.step`, written into every event."""
 

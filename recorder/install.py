@@ -24,9 +24,10 @@ import torch
 import torch.distributed as dist
 import torch.distributed.distributed_c10d as c10d
 
-from recorder import _state, capture
+from recorder import _state, completion
 from recorder._log import warn_once
 from recorder.capture import RecordingProcessGroup
+from recorder.records import APIS
 
 _REAL_PG = c10d.ProcessGroup
 _Work = torch._C._distributed_c10d.Work
@@ -92,7 +93,7 @@ def _wrap_helper(original):
         except Exception as exc:
             session = _state.session
             if session is not None:
-                session._fail("setting up a new process group", exc)  # one line, and recording stops
+                session.fail("setting up a new process group", exc)  # one line, and recording stops
             else:
                 warn_once("install:on_group", "recording a new process group failed: %r", exc)
         return result
@@ -176,7 +177,7 @@ class _label:
     __slots__ = ("code", "previous")
 
     def __init__(self, code: int) -> None:
-        self.code = code  # the API's name, as capture.APIS codes it
+        self.code = code  # the API's name, as records.APIS codes it
 
     def __enter__(self):
         # -1: no label. The hot path packs tls.api into an int16 whenever any thread is inside a
@@ -193,11 +194,11 @@ class _label:
         return False
 
 
-_BATCH_API = capture.APIS.code("batch_isend_irecv")
+_BATCH_API = APIS.code("batch_isend_irecv")
 
 
 def _wrap_label(name, original):
-    code = capture.APIS.code(name)
+    code = APIS.code(name)
 
     @functools.wraps(original)
     def labelled(*args, **kwargs):
@@ -237,19 +238,19 @@ def install() -> bool:
             continue
         _originals[name] = original
         _set(name, wrap(original))
-    # Put in place by capture while a send/recv waits to be waited on (see capture.wait_hook).
+    # Put in place while a send/recv waits to be waited on (see completion.wait_hook).
     _originals["Work.wait"] = _Work.__dict__["wait"]
-    capture.wait_hook = capture.make_wait_hook(_Work.__dict__["wait"])
+    completion.wait_hook = completion.make_wait_hook(_Work.__dict__["wait"])
     return True
 
 
 def uninstall() -> None:
     """Put back every original object exactly."""
     wait = _originals.pop("Work.wait", None)
-    capture.wait_hook = None
+    completion.wait_hook = None
     if wait is not None:
         _Work.wait = wait
-    capture.waiting.clear()
+    completion.waiting.clear()
     for name, original in list(_originals.items()):
         for module in _MODULES:
             current = getattr(module, name, None)

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from recorder import _arrow
 from recorder._log import debug, warn_once
+from recorder.periodic import PeriodicThread
 from recorder.schema import SAMPLE_SCHEMA, SAMPLES_PREFIX, safe_name
 from recorder.sources import PARSE_ERRORS, host_sources
 from recorder.writer import SegmentWriter, wall_minus_mono
@@ -202,7 +203,7 @@ def schedule(sources: list, period_s: float) -> list[list]:
     return [[(i, s.capture) for i, s in enumerate(sources) if k % every[i] == 0] for k in range(cycle)]
 
 
-class Sampler:
+class Sampler(PeriodicThread):
     """The host's sampler thread (only the elected rank's does any sampling)."""
 
     def __init__(
@@ -220,6 +221,7 @@ class Sampler:
         """``lock_dir`` holds the host's election lock (default: the temporary directory); a recorder
         passes it in, worked out on the main thread, because the lookup takes a lock that a fork
         (a DataLoader worker) would inherit held if this ran on a thread of ours at that moment."""
+        super().__init__("commtrace-sampler")
         self.host = host_name()
         self.period_s = 1.0 / hz
         self.flush_s = flush_s
@@ -233,13 +235,11 @@ class Sampler:
         self.captured: list = []  # (t_mono_ns, source index, raw): parsed at flush
         self.was_elected = False
         self.samples = 0
-        self._cpu_final = 0.0
         self.sources: list = []
         self.source_names: list[str] = []  # what this host has (kept after close)
         # _schedule[k % len(_schedule)]: the (index, capture) of the sources due on tick k, worked out
         # once so that a tick does no arithmetic per source.
         self._schedule: list[list] = [[]]
-        self._stop = threading.Event()
         self.failed = False  # the sampler thread hit an error of ours and stopped
         # Held for each tick and flush, so that sample_now() and close() can capture and write from
         # the caller's thread instead of waking the sampler and waiting for it.
@@ -248,81 +248,67 @@ class Sampler:
         # between ticks it sleeps in time.sleep(), whose wake-up costs a third less CPU (about 60 us
         # instead of 90 us on our VMs, 10 times a second) and which nothing needs to interrupt.
         self._wake_r, self._wake_w = os.pipe()
-        self._thread = threading.Thread(target=self._run, name="commtrace-sampler", daemon=True)
 
     def start(self) -> None:
         try:
             self.election.register(os.getpid())
         except OSError:
             pass
-        self._thread.start()
+        super().start()
 
     @property
     def elected(self) -> bool:
         return self.election.fd is not None
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                if self.election.try_acquire():
-                    self.was_elected = True
-                    try:
-                        swept = self.election.sweep_stale()
-                    except OSError as exc:  # housekeeping only: sampling goes on, the training log stays quiet
-                        debug("could not look for stale election files: %r", exc)
-                    else:
-                        if swept:
-                            debug("removed the election files of %d runs killed on this host", swept)
-                    break
-                if self._sleep(RETRY_ELECTION_S):
-                    return
+    def rounds(self) -> None:
+        while not self.stopping.is_set():
+            if self.election.try_acquire():
+                self.was_elected = True
+                try:
+                    swept = self.election.sweep_stale()
+                except OSError as exc:  # housekeeping only: sampling goes on, the training log stays quiet
+                    debug("could not look for stale election files: %r", exc)
+                else:
+                    if swept:
+                        debug("removed the election files of %d runs killed on this host", swept)
+                break
+            if self._sleep(RETRY_ELECTION_S):
+                return
+        with self._lock:
+            if self.stopping.is_set():
+                return
+            self.sources = host_sources(self.proc_root, self.sys_root, self.election.pid_file)
+            self._schedule = schedule(self.sources, self.period_s)
+            self.source_names = [s.name for s in self.sources]
+        next_tick = time.monotonic()
+        next_flush = next_tick + self.flush_s
+        k = 0
+        while True:
             with self._lock:
-                if self._stop.is_set():
+                if self.stopping.is_set():
                     return
-                self.sources = host_sources(self.proc_root, self.sys_root, self.election.pid_file)
-                self._schedule = schedule(self.sources, self.period_s)
-                self.source_names = [s.name for s in self.sources]
-            next_tick = time.monotonic()
-            next_flush = next_tick + self.flush_s
-            k = 0
-            while True:
-                with self._lock:
-                    if self._stop.is_set():
-                        return
-                    self._tick(k)
-                    k += 1
-                    now = time.monotonic()
-                    if now >= next_flush:
-                        self.flush()
-                        next_flush = now + self.flush_s
-                next_tick += self.period_s
-                if next_tick < now:  # fell behind (a stopped process, a slow disk): skip, do not burst
-                    next_tick = now + self.period_s
-                time.sleep(max(0.0, next_tick - time.monotonic()))
-        except Exception as exc:
-            self.failed = True  # steps aside: close() and sample_now() leave the sources alone
-            warn_once("sampler", "network counters are not recorded (the sampler failed: %r)", exc)
-        finally:
-            self._cpu_final = time.thread_time()
+                self._tick(k)
+                k += 1
+                now = time.monotonic()
+                if now >= next_flush:
+                    self.flush()
+                    next_flush = now + self.flush_s
+            next_tick += self.period_s
+            if next_tick < now:  # fell behind (a stopped process, a slow disk): skip, do not burst
+                next_tick = now + self.period_s
+            time.sleep(max(0.0, next_tick - time.monotonic()))
 
-    @property
-    def cpu_s(self) -> float:
-        """CPU seconds the sampler thread has used so far (all of it: setup, wake-ups, parsing, writing)."""
-        ident = self._thread.ident
-        if ident is not None and self._thread.is_alive():
-            try:
-                return time.clock_gettime(time.pthread_getcpuclockid(ident))
-            except (OSError, AttributeError):  # the thread just ended, or a platform without it
-                pass
-        return self._cpu_final
+    def on_error(self, exc: Exception) -> None:
+        self.failed = True  # steps aside: close() and sample_now() leave the sources alone
+        warn_once("sampler", "network counters are not recorded (the sampler failed: %r)", exc)
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep up to ``seconds`` or until woken; True if the sampler is being stopped."""
-        if not self._stop.is_set():
+        if not self.stopping.is_set():
             ready, _, _ = select.select([self._wake_r], [], [], max(0.0, seconds))
-            if ready and not self._stop.is_set():
+            if ready and not self.stopping.is_set():
                 os.read(self._wake_r, 64)
-        return self._stop.is_set()
+        return self.stopping.is_set()
 
     def sample_now(self, timeout_s: float = 1.0) -> None:
         """Capture every source now, from the caller's thread (waits at most ``timeout_s`` for a tick
@@ -334,7 +320,7 @@ class Sampler:
         if not self.elected or self.failed or not self._lock.acquire(timeout=timeout_s):
             return
         try:
-            if not self._stop.is_set() and self.sources:
+            if not self.stopping.is_set() and self.sources:
                 self._tick(None)
         finally:
             self._lock.release()
@@ -373,13 +359,13 @@ class Sampler:
             self.writer.write(table, SAMPLES_PREFIX)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
+        self.stopping.set()
         try:
             os.write(self._wake_w, b"x")
         except OSError:
             pass
-        if not self.elected and self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout_s)  # waiting to be elected, in select() on the pipe: woken above
+        if not self.elected:
+            self.join(timeout_s)  # waiting to be elected, in select() on the pipe: woken above
         locked = self._lock.acquire(timeout=timeout_s)  # a tick or flush in progress ends first
         try:
             if self.elected and locked and not self.failed:

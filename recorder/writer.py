@@ -71,6 +71,89 @@ def _names(codes: np.ndarray, names) -> pa.DictionaryArray:
     return _arrow.dictionary(remap[codes], [names[i] for i in used])
 
 
+def _pair(issues: np.ndarray, dones: np.ndarray) -> dict[str, np.ndarray]:
+    """Each issue's completion, if any: t1, ended, status (IN_FLIGHT without one), gpu_ns, gpu_valid."""
+    n = len(issues)
+    ends = {
+        "t1": np.zeros(n, dtype=np.int64),
+        "ended": np.zeros(n, dtype=bool),
+        "status": np.full(n, C.IN_FLIGHT, dtype=np.int32),
+        "gpu_ns": np.zeros(n, dtype=np.int64),
+        "gpu_valid": np.zeros(n, dtype=bool),
+    }
+    if not len(dones):
+        return ends
+    ids, done_ids = issues["id"], dones["id"]
+    order = np.argsort(done_ids, kind="stable")  # equal ids: the first completion recorded wins
+    source = order[np.minimum(np.searchsorted(done_ids[order], ids), len(order) - 1)]
+    ended = done_ids[source] == ids
+    found_gpu = dones["gpu_ns"][source]
+    gpu_valid = ended & (found_gpu != C.NULL64)
+    ends.update(
+        t1=np.where(ended, dones["t1"][source], 0),
+        ended=ended,
+        status=np.where(ended, dones["status"][source].astype(np.int32), ends["status"]),
+        gpu_ns=np.where(gpu_valid, found_gpu, 0),
+        gpu_valid=gpu_valid,
+    )
+    return ends
+
+
+def _global_ranks(column: np.ndarray, group_codes: np.ndarray, infos: list) -> pa.Array:
+    """Group ranks (NULL32: none) as global ranks, through each group's rank list (never empty); a
+    rank outside the list stays as recorded, a negative one is a null."""
+    valid = column != C.NULL32
+    if not valid.any():
+        return pa.nulls(len(column), pa.int32())
+    out = np.where(valid, column, -1).astype(np.int64)
+    for g in np.flatnonzero(np.bincount(group_codes[valid])):  # not np.unique: see Flusher._write
+        rows = valid & (group_codes == g)
+        ranks = np.array(infos[g].ranks, dtype=np.int64)
+        r = out[rows]
+        out[rows] = np.where((r >= 0) & (r < len(ranks)), ranks[np.clip(r, 0, len(ranks) - 1)], r)
+    valid &= out >= 0
+    return _arrow.from_numpy(np.where(valid, out, 0), pa.int32(), valid)
+
+
+def _columns(issues, ends, infos: list, rank: int, wall_minus_mono: int, dtype_cache: dict) -> dict[str, pa.Array]:
+    """COLLECTIVE_SCHEMA's columns of the paired records."""
+    n = len(issues)
+    group_codes = issues["group"].astype(np.intp)
+    dtype_codes = issues["dtype"].astype(np.intp)
+    dtypes = list(C.DTYPES.names)
+    dtype_names, itemsizes = zip(*(_dtype_info(d, dtype_cache) for d in dtypes), strict=True) if dtypes else ((), ())
+    itemsize = np.array([*itemsizes, 0], dtype=np.int64)[dtype_codes]  # code -1 (no tensor): 0 bytes
+    n_in, n_out, step = issues["n_in"], issues["n_out"], issues["step"]
+
+    def per_group(values: list) -> pa.DictionaryArray:
+        return _names(group_codes, values)
+
+    return {
+        "rank": _arrow.from_numpy(np.full(n, rank, dtype=np.int32), pa.int32()),
+        "pg": per_group([i.name for i in infos]),
+        "pg_desc": per_group([i.desc for i in infos]),
+        "pg_size": _arrow.from_numpy(np.array([i.size for i in infos], dtype=np.int32)[group_codes], pa.int32()),
+        "seq": _arrow.from_numpy(issues["seq"], pa.int64()),
+        "op": _names(issues["op"], C.OPS.names),
+        "count": _arrow.from_numpy(n_in, pa.int64()),
+        "bytes_in": _arrow.from_numpy(n_in * itemsize, pa.int64()),
+        "bytes_out": _arrow.from_numpy(n_out * itemsize, pa.int64()),
+        "dtype": _names(dtype_codes, dtype_names),
+        "peer": _global_ranks(issues["peer"], group_codes, infos),
+        "root": _global_ranks(issues["root"], group_codes, infos),
+        "t_start_ns": _arrow.from_numpy(issues["t0"] + wall_minus_mono, pa.int64()),
+        "t_end_ns": _arrow.from_numpy(ends["t1"] + wall_minus_mono, pa.int64(), ends["ended"]),
+        "gpu_duration_ns": _arrow.from_numpy(ends["gpu_ns"], pa.int64(), ends["gpu_valid"]),
+        "status": _names(ends["status"], C.STATUS_NAMES),
+        "async_op": _arrow.from_numpy(issues["async"], pa.bool_()),
+        "coalesced": _arrow.from_numpy(issues["coalesced"], pa.bool_()),
+        "api": _names(issues["api"], C.APIS.names),
+        "backend": per_group([i.backend for i in infos]),
+        "device": _names(issues["device"], C.DEVICE_NAMES),
+        "step": _arrow.from_numpy(step, pa.int64(), step != C.NULL64),
+    }
+
+
 def build_segment(
     issues: np.ndarray,
     dones: np.ndarray,
@@ -91,83 +174,17 @@ def build_segment(
     """
     if len(issues) == 0:
         return None, NO_ISSUES
-    n = len(issues)
-    t0 = issues["t0"]
-    t1 = np.zeros(n, dtype=np.int64)
-    ended = np.zeros(n, dtype=bool)
-    status = np.full(n, C.IN_FLIGHT, dtype=np.int32)  # until a completion says otherwise
-    gpu_ns, gpu_valid = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
-    if len(dones):
-        ids = issues["id"]
-        done_ids = dones["id"]
-        order = np.argsort(done_ids, kind="stable")  # equal ids: the first completion recorded wins
-        at = np.minimum(np.searchsorted(done_ids[order], ids), len(order) - 1)
-        source = order[at]
-        ended = done_ids[source] == ids
-        t1 = np.where(ended, dones["t1"][source], 0)
-        status = np.where(ended, dones["status"][source].astype(np.int32), status)
-        found_gpu = dones["gpu_ns"][source]
-        gpu_valid = ended & (found_gpu != C.NULL64)
-        gpu_ns = np.where(gpu_valid, found_gpu, 0)
-    keep = np.ones(n, dtype=bool) if write_before_mono is None else ended | (t0 < write_before_mono)
+    ends = _pair(issues, dones)
+    keep = np.ones(len(issues), dtype=bool)
+    if write_before_mono is not None:
+        keep = ends["ended"] | (issues["t0"] < write_before_mono)
     carry = issues[~keep]
     if not keep.any():
         return None, carry
     if not keep.all():
         issues = issues[keep]
-        t0, t1, ended, status, gpu_ns, gpu_valid = (a[keep] for a in (t0, t1, ended, status, gpu_ns, gpu_valid))
-    n = len(issues)
-    group_codes = issues["group"].astype(np.intp)
-    infos = list(groups)
-    dtype_codes = issues["dtype"].astype(np.intp)
-    dtypes = list(C.DTYPES.names)
-    dtype_names, itemsizes = zip(*(_dtype_info(d, dtype_cache) for d in dtypes), strict=True) if dtypes else ((), ())
-    itemsize = np.array([*itemsizes, 0], dtype=np.int64)[dtype_codes]  # code -1 (no tensor): 0 bytes
-    n_in, n_out = issues["n_in"], issues["n_out"]
-
-    def to_global(column: np.ndarray) -> pa.Array:
-        """Group ranks (NULL32: none) as global ranks, through each group's rank list (never empty);
-        a rank outside the list stays as recorded, a negative one is a null."""
-        valid = column != C.NULL32
-        if not valid.any():
-            return pa.nulls(n, pa.int32())
-        out = np.where(valid, column, -1).astype(np.int64)
-        for g in np.unique(group_codes[valid]):
-            rows = valid & (group_codes == g)
-            ranks = np.array(infos[g].ranks, dtype=np.int64)
-            r = out[rows]
-            out[rows] = np.where((r >= 0) & (r < len(ranks)), ranks[np.clip(r, 0, len(ranks) - 1)], r)
-        valid &= out >= 0
-        return _arrow.from_numpy(np.where(valid, out, 0), pa.int32(), valid)
-
-    def per_group(values: list) -> pa.DictionaryArray:
-        return _names(group_codes, values)
-
-    step = issues["step"]
-    arrays = {
-        "rank": _arrow.from_numpy(np.full(n, rank, dtype=np.int32), pa.int32()),
-        "pg": per_group([i.name for i in infos]),
-        "pg_desc": per_group([i.desc for i in infos]),
-        "pg_size": _arrow.from_numpy(np.array([i.size for i in infos], dtype=np.int32)[group_codes], pa.int32()),
-        "seq": _arrow.from_numpy(issues["seq"], pa.int64()),
-        "op": _names(issues["op"], C.OPS.names),
-        "count": _arrow.from_numpy(n_in, pa.int64()),
-        "bytes_in": _arrow.from_numpy(n_in * itemsize, pa.int64()),
-        "bytes_out": _arrow.from_numpy(n_out * itemsize, pa.int64()),
-        "dtype": _names(dtype_codes, dtype_names),
-        "peer": to_global(issues["peer"]),
-        "root": to_global(issues["root"]),
-        "t_start_ns": _arrow.from_numpy(t0 + wall_minus_mono, pa.int64()),
-        "t_end_ns": _arrow.from_numpy(t1 + wall_minus_mono, pa.int64(), ended),
-        "gpu_duration_ns": _arrow.from_numpy(gpu_ns, pa.int64(), gpu_valid),
-        "status": _names(status, C.STATUS_NAMES),
-        "async_op": _arrow.from_numpy(issues["async"], pa.bool_()),
-        "coalesced": _arrow.from_numpy(issues["coalesced"], pa.bool_()),
-        "api": _names(issues["api"], C.APIS.names),
-        "backend": per_group([i.backend for i in infos]),
-        "device": _names(issues["device"], C.DEVICE_NAMES),
-        "step": _arrow.from_numpy(step, pa.int64(), step != C.NULL64),
-    }
+        ends = {name: column[keep] for name, column in ends.items()}
+    arrays = _columns(issues, ends, list(groups), rank, wall_minus_mono, dtype_cache)
     table = pa.Table.from_arrays([arrays[f.name] for f in COLLECTIVE_SCHEMA], schema=COLLECTIVE_SCHEMA)
     return table, carry
 

@@ -96,7 +96,7 @@ def test_our_failures_never_reach_training(tmp_path, monkeypatch, caplog):
         raise RuntimeError("injected writer failure")
 
     monkeypatch.setattr(writer, "build_segment", broken)
-    monkeypatch.setattr("recorder._session.build_segment", broken)
+    monkeypatch.setattr("recorder.flusher.build_segment", broken)
     with recorder.recording(tmp_path, clock_sync=False, flush_s=0.05):
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
         t = torch.arange(4.0)

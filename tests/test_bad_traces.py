@@ -84,9 +84,11 @@ def test_fuzzed_segments_never_traceback(tmp_path_factory, capsys, segments, met
         if command == "diagnose":
             report = json.loads(out)
             assert report["world_size"] == 3
-            skipped = [p for p in report["problems"] if "fuzz" in p]
+            # One damaged file may have several problems (rows outside the run, and a footer that
+            # says otherwise): count the files named.
+            named = {p.split(": ", 1)[0] for p in report["problems"] if "fuzz" in p}
             broken = [d for d in segments if d != SEGMENT]
-            assert len(skipped) <= len(broken)
+            assert len(named) <= len(broken)
 
 
 def test_only_damaged_segments_is_one_line_and_exit_2(tmp_path, capsys):

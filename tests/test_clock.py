@@ -64,7 +64,7 @@ def test_a_failed_later_measurement_keeps_the_last_good_end_offset(monkeypatch):
     is already closing (seen in CI: ``end`` with 0 rounds) must not replace the good one before it."""
     from types import SimpleNamespace
 
-    from recorder import _session
+    from recorder import identity
 
     results = iter(
         [
@@ -72,16 +72,9 @@ def test_a_failed_later_measurement_keeps_the_last_good_end_offset(monkeypatch):
             {"error": "timed out waiting for rank 0", "rounds": 0, "rounds_asked": 5, "wait_s": 2.0},
         ]
     )
-    monkeypatch.setattr(_session.clock, "measure", lambda *args, **kwargs: next(results))
-    rank = SimpleNamespace(
-        config=SimpleNamespace(clock_rounds=5),
-        _clock_waiter=object(),
-        _clock_base=lambda: "t",
-        rank=1,
-        _clock_stop=threading.Event(),
-        clock={},
-        waits={},
-    )
-    _session.Session._measure_clock(rank, "end")
-    _session.Session._measure_clock(rank, "end")
+    monkeypatch.setattr(identity.clock, "measure", lambda *args, **kwargs: next(results))
+    rank = identity.RunIdentity(SimpleNamespace(clock_rounds=5), "1-abcd", dict, lambda where, exc: None)
+    rank.rank, rank.run_id, rank._clock_waiter = 1, "t", object()
+    rank.measure_clock("end")
+    rank.measure_clock("end")
     assert rank.clock["end"]["rounds"] == 5 and rank.clock["end"]["offset_ns"] == 12

@@ -90,13 +90,13 @@ def test_sigterm_flushes_everything_and_dies_the_same_way(tmp_path):
 
 SIGTERM_IN_CLOSE_JOB = """
 import os, signal, sys, time, torch, torch.distributed as dist
-from recorder import _session, _state
+from recorder import _state
 
 dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 for _ in range(50):
     dist.all_reduce(torch.ones(8))
 session = _state.session
-flush = session.flush
+flush = session.flusher.flush
 
 def final_flush_then_sigterm(final=False):
     flush(final=final)
@@ -104,7 +104,7 @@ def final_flush_then_sigterm(final=False):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.2)  # the handler runs here, inside close()
 
-session.flush = final_flush_then_sigterm
+session.flusher.flush = final_flush_then_sigterm
 sys.exit(0)  # no destroy_process_group: the trace is closed by the recorder's atexit hook
 """
 

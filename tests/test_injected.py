@@ -44,7 +44,7 @@ def _run(body: str, tmp_path, *argv: str) -> tuple[dict, list[str]]:
 
 CAPTURE_FAILURE = """
     import os
-    from recorder import _state
+    from recorder import _state, groups
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     plain = train()
     dist.destroy_process_group()
@@ -57,11 +57,11 @@ CAPTURE_FAILURE = """
         raise RuntimeError("injected capture failure")
 
     if sys.argv[-1] == "group":
-        capture._info = broken  # what setting up every new group calls
+        groups.info_of = broken  # what setting up every new group calls
     with recorder.recording(os.environ["TRACES"], clock_sync=False, sample_hz=0):
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-        if sys.argv[-1] == "call" and _state.session is not None:
-            _state.session.ids = Broken()  # inside the hot path's bookkeeping, on every call
+        if sys.argv[-1] == "call" and _state.events is not None:
+            _state.events.ids = Broken()  # inside the hot path's bookkeeping, on every call
         recorded = train()
         dist.destroy_process_group()
     print(json.dumps({"same": plain == recorded}))
@@ -85,7 +85,7 @@ def test_sampler_failure(tmp_path):
         def broken(self):
             raise RuntimeError("injected sampler failure")
 
-        sources._FileSource.capture = broken
+        sources.FileSource.capture = broken
         with recorder.recording(os.environ["TRACES"], clock_sync=False, sample_hz=50):
             dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
             first = train()

@@ -265,7 +265,7 @@ class _FakeNvml:
 def test_nvml_fields_per_gpu(monkeypatch):
     import sys
 
-    from recorder.sources import Nvml
+    from recorder.device_sources import Nvml
 
     fake = _FakeNvml(gpus=2)
     monkeypatch.setitem(sys.modules, "pynvml", fake)
@@ -285,7 +285,7 @@ def test_nvml_fields_per_gpu(monkeypatch):
 def test_nvml_absent_without_library(monkeypatch):
     import sys
 
-    from recorder.sources import Nvml
+    from recorder.device_sources import Nvml
 
     monkeypatch.setitem(sys.modules, "pynvml", None)
     assert not Nvml().present

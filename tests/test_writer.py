@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import torch
 
-from recorder import capture as C
+from recorder import records as C
 from recorder.writer import build_segment, dones_from, issues_from
 
 NULL32, NULL64 = C.NULL32, C.NULL64
