@@ -37,7 +37,7 @@ from recorder import _state
 from recorder._log import warn_once
 from recorder.completion import follow
 from recorder.groups import info_of, twin
-from recorder.ops import P2P, SPECS, OpSpec, Sizing, sizer
+from recorder.ops import P2P, SPECS, OpSpec, Sizing, first_tensor, numel, sizer
 from recorder.records import APIS, DEVICE_CPU, DEVICE_CUDA, DEVICE_NONE, DTYPES, ERROR, ISSUE, NULL32, OK, OPS
 
 _PG = c10d.ProcessGroup
@@ -144,7 +144,7 @@ def _override(spec: OpSpec):
     base = getattr(_PG, spec.method)
     code = OPS.code(spec.op)
     name = spec.method
-    size = sizer(spec)
+    size = None if spec.sizing is Sizing.POINT_TO_POINT else sizer(spec)
     if spec.sizing is Sizing.SAME:
         # Every torch caller passes a list of one tensor and the options: that case inline.
         def method(self, *args, **kwargs):
@@ -160,6 +160,26 @@ def _override(spec: OpSpec):
                     _unparsed(name, exc)
                 else:
                     return _record(self, base, code, args, kwargs, n, n, x, NULL32, NULL32, opts)
+            return base(self._ct_twin or twin(self), *args, **kwargs)
+
+    elif spec.sizing is Sizing.POINT_TO_POINT:
+        # Each send and recv (a pipeline's every micro-batch): read inline, no sizer call.
+        peer_key = spec.second
+
+        def method(self, *args, **kwargs):
+            if _state.events is not None:
+                try:
+                    tensors = args[0] if args else kwargs["tensors"]
+                    peer = NULL32 if peer_key is None else (args[1] if len(args) > 1 else kwargs[peer_key])
+                    if type(tensors) is list and len(tensors) == 1 and isinstance(tensors[0], _Tensor):
+                        x = tensors[0]
+                        n = x.numel()
+                    else:
+                        x, n = first_tensor(tensors), numel(tensors)
+                except Exception as exc:
+                    _unparsed(name, exc)
+                else:
+                    return _record(self, base, code, args, kwargs, n, n, x, peer, NULL32, P2P)
             return base(self._ct_twin or twin(self), *args, **kwargs)
 
     else:

@@ -29,37 +29,27 @@ def follow(events, rid: int, work, pg, info, op: int, is_cuda: bool, p2p: bool) 
     work capture did not wait on itself. Never raises: the work is the user's, only its end may go
     unseen (one line)."""
     try:
-        if is_cuda and not info.timing_enabled:
-            enable_cuda_timing(pg, info)
-        (_follow_p2p if p2p else _follow_collective)(events, rid, work, is_cuda)
+        if work is None:
+            events.complete(rid, OK)
+        elif is_cuda:  # completes on the device: polled, timed by CUDA events
+            if not info.timing_enabled:
+                enable_cuda_timing(pg, info)
+            events.poll(rid, work, True)
+        elif p2p:  # a gloo send/recv: complete when its owner's Work.wait() returns
+            if len(waiting) < WAITING_MAX:
+                with _waiting_lock:
+                    waiting[work] = (events, rid)
+                    if wait_hook is not None and _Work.wait is not wait_hook:
+                        _Work.wait = wait_hook
+        else:
+            try:
+                fut = work.get_future()
+            except RuntimeError:  # a backend without futures: poll instead
+                events.poll(rid, work, False)
+            else:
+                fut.add_done_callback(functools.partial(_on_future, events, rid))
     except Exception as exc:
         warn_once("capture:complete", "could not follow completion of %s: %r", OPS.names[op], exc)
-
-
-def _follow_collective(events, rid: int, work, is_cuda: bool) -> None:
-    if work is None:
-        events.complete(rid, OK)
-    elif is_cuda:
-        events.poll(rid, work, True)  # completes on the device: polled, timed by CUDA events
-    else:
-        try:
-            fut = work.get_future()
-        except RuntimeError:  # a backend without futures: poll instead
-            events.poll(rid, work, False)
-        else:
-            fut.add_done_callback(functools.partial(_on_future, events, rid))
-
-
-def _follow_p2p(events, rid: int, work, is_cuda: bool) -> None:
-    if work is None:
-        events.complete(rid, OK)
-    elif is_cuda:
-        events.poll(rid, work, True)
-    elif len(waiting) < WAITING_MAX:
-        with _waiting_lock:
-            waiting[work] = (events, rid)
-            if wait_hook is not None and _Work.wait is not wait_hook:
-                _Work.wait = wait_hook
 
 
 def _on_future(events, rid: int, fut) -> None:

@@ -86,24 +86,24 @@ P2P = object()
 and completion follows the owner's wait."""
 
 
-def _numel(x) -> int:
+def numel(x) -> int:
     if isinstance(x, _Tensor):
         return x.numel()
     if len(x) == 1 and isinstance(x[0], _Tensor):
         return x[0].numel()
     total = 0
     for y in x:
-        total += _numel(y)
+        total += numel(y)
     return total
 
 
-def _first_tensor(x):
+def first_tensor(x):
     if isinstance(x, _Tensor):
         return x
     if x and isinstance(x[0], _Tensor):
         return x[0]
     for y in x:
-        t = _first_tensor(y)
+        t = first_tensor(y)
         if t is not None:
             return t
     return None
@@ -115,7 +115,7 @@ def _one(t):
         x = t[0]
         if isinstance(x, _Tensor):
             return x, x.numel()
-    return _first_tensor(t), _numel(t)
+    return first_tensor(t), numel(t)
 
 
 def _two(args, kwargs, first: str, second: str):
@@ -135,8 +135,9 @@ def _root(opts) -> int:
 
 
 def sizer(spec: OpSpec):
-    """The function that sizes one kind of call: ``(args, kwargs) -> _record's sizing arguments``
-    (n_in, n_out, tensor, peer, root, opts)."""
+    """The function that sizes one kind of collective: ``(args, kwargs) -> _record's sizing
+    arguments`` (n_in, n_out, tensor, peer, root, opts). Point-to-point calls are read inline by
+    their override (recorder.capture._override)."""
     sizing, first, second, at = spec.sizing, spec.first, spec.second, spec.opts_at
     if sizing is Sizing.PAIR:
 
@@ -158,15 +159,6 @@ def sizer(spec: OpSpec):
         return size_nothing
     if sizing is Sizing.NOTHING_BLOCKING:
         return lambda args, kwargs: (0, 0, None, NULL32, NULL32, BLOCKING)
-    if sizing is Sizing.POINT_TO_POINT:
-
-        def size_p2p(args, kwargs):
-            tensors = args[0] if args else kwargs[first]
-            peer = None if second is None else (args[1] if len(args) > 1 else kwargs[second])
-            n = _numel(tensors)
-            return n, n, _first_tensor(tensors), NULL32 if peer is None else peer, NULL32, P2P
-
-        return size_p2p
     rooted = sizing in (Sizing.ROOTED, Sizing.ROOTED_BY_INPUTS, Sizing.ROOTED_BY_OUTPUTS)
     by_outputs = sizing in (Sizing.BY_OUTPUTS, Sizing.ROOTED_BY_OUTPUTS)
 
@@ -177,8 +169,8 @@ def sizer(spec: OpSpec):
             n_in = n_out = n
         else:
             outputs, inputs = _two(args, kwargs, first, second)
-            n_in, n_out = _numel(inputs), _numel(outputs)
-            x = _first_tensor(outputs if by_outputs else inputs)
+            n_in, n_out = numel(inputs), numel(outputs)
+            x = first_tensor(outputs if by_outputs else inputs)
         if rooted:
             return n_in, n_out, x, NULL32, _root(opts), None if isinstance(opts, int) else opts
         return n_in, n_out, x, NULL32, NULL32, opts
