@@ -19,7 +19,8 @@ import tempfile
 import pyarrow.parquet as pq
 
 from analysis import metadata
-from analysis.load import REPLACES_KEY, SEGMENT_NAME, Run, TraceError, add_group_summaries, sql_files
+from analysis.load import Run, TraceError
+from analysis.segments import REPLACES_KEY, SEGMENT_NAME, add_group_summaries, sql_files
 
 GROUPS_KEY = "commtrace.groups"  # the footer key recorder.writer writes (the analysis never imports the recorder)
 ROW_GROUP = 1 << 20

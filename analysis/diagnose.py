@@ -42,17 +42,19 @@ from dataclasses import dataclass
 import polars as pl
 
 from analysis import findings, health, text
+from analysis.contract import (
+    ConnectionEvidence,
+    DeadRank,
+    Desync,
+    Hang,
+    PacketLoss,
+    ProbeEvidence,
+    Report,
+    SlowLink,
+    Straggler,
+)
 from analysis.load import Run, problem_kind
-
-# The job's kinds of fault, in the order an engineer reads them: (key, title, what it means).
-KINDS = [
-    ("dead_ranks", "Dead ranks", "ranks that stopped recording long before the others"),
-    ("hangs", "Hangs", "the first collective of a group that not every member finished"),
-    ("desyncs", "Desyncs", "members that disagreed on a collective's op, size or dtype"),
-    ("slow_links", "Slow links", "hosts whose every probed pair is far slower than the others"),
-    ("packet_loss", "Packet loss", "hosts whose TCP connections retransmit, or whose NIC counts errors or drops"),
-    ("stragglers", "Stragglers", "ranks that arrive late at collectives because they are slow themselves"),
-]
+from analysis.vocabulary import KINDS
 
 
 @dataclass(frozen=True)
@@ -116,100 +118,89 @@ def judged_stragglers(
 
 
 def diagnose(run: Run, thresholds: Thresholds = Thresholds()) -> dict:
+    """The report (the JSON contract above, built from the typed records of analysis.contract)."""
     hosts_by_rank = {r: m.get("host") for r, m in run.ranks.items()}
-    # Loss is pinned on a host by the job's own connections where the sampler saw them; the hosts'
-    # TCP totals (every host that sends into a lossy link retransmits) only where it did not.
-    run.ensure_deltas()
-    per_connection = run.sql("SELECT 1 FROM samples WHERE source = 'tcp_conn' LIMIT 1").height > 0
-    if per_connection:
-        packet_loss = [
-            {
-                "host": r["host"],
-                "interface": r["interface"],
-                "connection": None,
-                "source": "tcp_conn",
-                "loss_pct": r["loss_pct"],
-                "evidence": {
-                    "connections": r["connections"],
-                    "min_loss_pct": r["min_loss_pct"],
-                    "others_median_loss_pct": r["others_loss_pct"],
-                },
-            }
-            for r in findings.lossy_hosts(run, thresholds.loss_pct).to_dicts()
-        ]
-    else:
-        packet_loss = [
-            {
-                "host": r["host"],
-                "interface": None,
-                "connection": None,
-                "source": "snmp",
-                "loss_pct": r["tcp_retrans_pct"],
-            }
-            for r in findings.tcp_loss(run).to_dicts()
-            if r["connection"] == "all"
-            and r["tcp_retrans_pct"] is not None
-            and r["tcp_retrans_pct"] >= thresholds.loss_pct
-        ]
-    packet_loss += [
-        {
-            "host": r["host"],
-            "interface": r["interface"],
-            "connection": None,
-            "source": "net_dev",
-            "loss_pct": r["error_drop_pct"],
-        }
-        for r in findings.network(run).to_dicts()
-        if r["error_drop_pct"] is not None and r["error_drop_pct"] >= thresholds.loss_pct
-    ]
-    slow_links = [
-        {
-            "host": r["host"],
-            "interface": r["interface"],
-            "evidence": {
-                "source": "probe",
-                "pairs": r["pairs"],
-                "best_gbps": r["best_GBps"],
-                "median_gbps": r["median_GBps"],
-                "others_median_gbps": r["others_GBps"],
-            },
-        }
-        for r in findings.slow_links(run, thresholds.slow_link_factor).to_dicts()
-    ]
-    judged = judge_stragglers(
-        findings.stragglers(run), hosts_by_rank, bad_link_hosts(slow_links, packet_loss), thresholds
-    )
-    keys = ("rank", "times_last", "mean_lateness_ms", "p95_lateness_ms", "outlier_score", "compute_share")
-    stragglers = [
-        {**{k: r[k] for k in keys}, "host": hosts_by_rank.get(r["rank"]), "verdict": r["verdict"]}
-        for r in judged.to_dicts()
-        if r["flagged"]
-    ]
-    report = {
-        "run_id": run.run_id,
-        "world_size": run.world_size,
-        "hosts": run.hosts,
-        "stragglers": stragglers,
-        "slow_links": slow_links,
-        "packet_loss": packet_loss,
-        "hangs": findings.hangs(run).to_dicts(),
-        "desyncs": findings.desyncs(run).to_dicts(),
-        "dead_ranks": _dead_ranks(run, thresholds, hosts_by_rank),
-        "problems": list(run.problems),
-        "recording": health.findings(run),
-    }
+    packet_loss = _packet_loss(run, thresholds)
+    slow_links = _slow_links(run, thresholds)
+    report = Report(
+        run_id=run.run_id,
+        world_size=run.world_size,
+        hosts=run.hosts,
+        stragglers=_stragglers(run, thresholds, hosts_by_rank, bad_link_hosts(slow_links, packet_loss)),
+        slow_links=slow_links,
+        packet_loss=packet_loss,
+        hangs=[Hang(**r) for r in findings.hangs(run).to_dicts()],
+        desyncs=[Desync(**r) for r in findings.desyncs(run).to_dicts()],
+        dead_ranks=_dead_ranks(run, thresholds, hosts_by_rank),
+        problems=list(run.problems),
+        recording=health.findings(run),
+    ).as_dict()
     named = [x["pg"] for x in report["hangs"] + report["desyncs"]] + [x["last_pg"] for x in report["dead_ranks"]]
     report["findings"] = _sentences(report, run.group_labels(named))
     return report
 
 
-def bad_link_hosts(slow_links: list[dict], packet_loss: list[dict]) -> set:
-    """Hosts behind a slow or lossy link. A rank there finishes its collectives late and so starts the
-    next ones late: its lateness is the link's, already reported, and it is not called a slow rank."""
-    return {x["host"] for x in slow_links} | {x["host"] for x in packet_loss if x["source"] != "net_dev"}
+def _packet_loss(run: Run, thresholds: Thresholds) -> list[PacketLoss]:
+    """Loss is pinned on a host by the job's own connections where the sampler saw them; the hosts'
+    TCP totals (every host that sends into a lossy link retransmits) only where it did not. Any
+    interface with errors or drops besides."""
+    per_connection = run.sql("SELECT 1 FROM samples WHERE source = 'tcp_conn' LIMIT 1").height > 0
+    if per_connection:
+        lossy = [
+            PacketLoss(
+                r["host"],
+                r["interface"],
+                None,
+                "tcp_conn",
+                r["loss_pct"],
+                ConnectionEvidence(r["connections"], r["min_loss_pct"], r["others_loss_pct"]),
+            )
+            for r in findings.lossy_hosts(run, thresholds.loss_pct).to_dicts()
+        ]
+    else:
+        lossy = [
+            PacketLoss(r["host"], None, None, "snmp", r["tcp_retrans_pct"])
+            for r in findings.tcp_loss(run).to_dicts()
+            if r["connection"] == "all"
+            and r["tcp_retrans_pct"] is not None
+            and r["tcp_retrans_pct"] >= thresholds.loss_pct
+        ]
+    return lossy + [
+        PacketLoss(r["host"], r["interface"], None, "net_dev", r["error_drop_pct"])
+        for r in findings.network(run).to_dicts()
+        if r["error_drop_pct"] is not None and r["error_drop_pct"] >= thresholds.loss_pct
+    ]
 
 
-def _dead_ranks(run: Run, thresholds: Thresholds, hosts_by_rank: dict) -> list[dict]:
+def _slow_links(run: Run, thresholds: Thresholds) -> list[SlowLink]:
+    return [
+        SlowLink(
+            r["host"], r["interface"], ProbeEvidence(r["pairs"], r["best_GBps"], r["median_GBps"], r["others_GBps"])
+        )
+        for r in findings.slow_links(run, thresholds.slow_link_factor).to_dicts()
+    ]
+
+
+def _stragglers(run: Run, thresholds: Thresholds, hosts_by_rank: dict, behind_bad_links: set) -> list[Straggler]:
+    judged = judge_stragglers(findings.stragglers(run), hosts_by_rank, behind_bad_links, thresholds)
+    keys = ("rank", "times_last", "mean_lateness_ms", "p95_lateness_ms", "outlier_score", "compute_share")
+    return [
+        Straggler(**{k: r[k] for k in keys}, host=hosts_by_rank.get(r["rank"]), verdict=r["verdict"])
+        for r in judged.to_dicts()
+        if r["flagged"]
+    ]
+
+
+def bad_link_hosts(slow_links: list, packet_loss: list) -> set:
+    """Hosts behind a slow or lossy link (records of analysis.contract, or their JSON form). A rank there
+    finishes its collectives late and so starts the next ones late: its lateness is the link's,
+    already reported, and it is not called a slow rank."""
+    slow = [x if isinstance(x, dict) else x.as_dict() for x in slow_links]
+    lossy = [x if isinstance(x, dict) else x.as_dict() for x in packet_loss]
+    return {x["host"] for x in slow} | {x["host"] for x in lossy if x["source"] != "net_dev"}
+
+
+def _dead_ranks(run: Run, thresholds: Thresholds, hosts_by_rank: dict) -> list[DeadRank]:
     """Ranks that never closed their trace (a crash, a kill -9) while the others closed theirs or went on
     writing for a while after them. If no rank closed, the job may still be running: only the second
     rule applies; and only the second to a rank without metadata, which cannot say whether it closed
@@ -227,7 +218,7 @@ def _dead_ranks(run: Run, thresholds: Thresholds, hosts_by_rank: dict) -> list[d
         return []
     latest = max(r["last_event_ns"] for r in last)
     return [
-        {**r, "host": hosts_by_rank.get(r["rank"])}
+        DeadRank(**r, host=hosts_by_rank.get(r["rank"]))
         for r in last
         if r["rank"] not in closed
         and (

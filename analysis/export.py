@@ -40,7 +40,7 @@ def trace_events(run: Run) -> Iterator[dict]:
         yield {"ph": "M", "name": "process_sort_index", "pid": rank, "tid": 0, "args": {"sort_index": rank}}
     # Read from the segments once, into a table of DuckDB's (spilled past its memory limit), so that
     # a damaged file is found and dropped here, before anything is streamed out.
-    run._guarded(
+    run.guarded(
         lambda: run.con.execute("""
             CREATE OR REPLACE TEMP TABLE export_slices AS
             SELECT rank, pg, pg_desc, seq, op, bytes_in, bytes_out, dtype, peer, root, status, t_start_ns, t_end_ns,

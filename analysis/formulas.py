@@ -11,37 +11,13 @@ algbw = S / t;  busbw = algbw x factor(n), n = the process group's size (not the
 | gather/scatter | the total gathered / scattered             | (n-1)/n     |
 | broadcast, reduce, send/recv | count x elsize               | 1           |
 
-Each recorded op name maps to its family; the SQL fragments below are the one place the analysis
-computes S and the factor.
+Each recorded op name maps to its family (analysis.vocabulary.FAMILY); the SQL fragments below are
+the one place the analysis computes S and the factor.
 """
 
 from __future__ import annotations
 
-FAMILY = {
-    "all_reduce": "all_reduce",
-    "all_reduce_coalesced": "all_reduce",
-    "all_gather": "all_gather",
-    "all_gather_into_tensor": "all_gather",
-    "all_gather_coalesced": "all_gather",
-    "all_gather_into_tensor_coalesced": "all_gather",
-    "reduce_scatter": "reduce_scatter",
-    "reduce_scatter_tensor": "reduce_scatter",
-    "reduce_scatter_tensor_coalesced": "reduce_scatter",
-    "all_to_all": "all_to_all",
-    "all_to_all_single": "all_to_all",
-    "gather": "gather",
-    "scatter": "scatter",
-    "broadcast": "broadcast",
-    "reduce": "reduce",
-    "send": "p2p",
-    "recv": "p2p",
-    "recv_anysource": "p2p",
-}
-
-
-def family_sql(op: str = "op") -> str:
-    cases = " ".join(f"WHEN '{name}' THEN '{family}'" for name, family in FAMILY.items())
-    return f"(CASE {op} {cases} ELSE {op} END)"
+from analysis.vocabulary import FAMILY, family_sql, size_bucket_sql  # noqa: F401  (formulas' API too)
 
 
 def message_bytes_sql(
@@ -70,9 +46,3 @@ def bus_factor(family: str, n: int) -> float:
     if family in ("all_gather", "reduce_scatter", "all_to_all", "gather", "scatter"):
         return (n - 1.0) / n
     return 1.0
-
-
-def size_bucket_sql(size: str) -> str:
-    """SQL for the size bucket of a message of ``size`` bytes: the power of two at or below it (1 for
-    0), the key every table and comparison groups sizes by."""
-    return f"CAST(pow(2, floor(log2(greatest({size}, 1)))) AS BIGINT)"

@@ -21,6 +21,7 @@ import polars as pl
 from analysis import compare, diagnose, findings, health, text, timelines
 from analysis.export import write_new_file
 from analysis.load import Run, TraceError, problem_kind
+from analysis.vocabulary import KINDS
 
 MAX_ROWS = 60  # per table; the rest is counted, not shown
 _HEALTH_HEADERS = {
@@ -166,14 +167,14 @@ def _run_sections(run: Run, report: dict) -> list[str]:
     from analysis import plots
 
     out = [_verdict(report), _recording_verdict(report)]
-    flagged_kinds = [(key, title, meaning) for key, title, meaning in diagnose.KINDS if report.get(key)]
+    flagged_kinds = [(key, title, meaning) for key, title, meaning in KINDS if report.get(key)]
     if flagged_kinds:
         out.append("<h2>What diagnose flagged</h2>")
     for key, title, meaning in flagged_kinds:
         entries = report[key]
         out.append(f"<h3>{html.escape(title)} ({len(entries)})</h3><p class=sub>{html.escape(meaning)}</p>")
         out.append(_table([{k: v for k, v in e.items() if k != "evidence"} for e in entries]))
-    clean = [title.lower() for key, title, _ in diagnose.KINDS if not report.get(key)]
+    clean = [title.lower() for key, title, _ in KINDS if not report.get(key)]
     if clean and flagged_kinds:
         out.append(f"<p class=sub>Checked, nothing found: {html.escape(', '.join(clean))}.</p>")
     out += ["<h2>The run</h2>", _table(_metadata(run), ["", "value"])]

@@ -2,22 +2,22 @@
 rates and loss counters per sampling interval, and when each host's ranks were communicating.
 
 Times are seconds since the run's first operation started (``t_s``), on rank 0's clock: events carry
-their rank's measured offset (load.py) and host samples their host's (``findings.host_offsets_ctes``).
+their rank's measured offset (load.py) and host samples their host's (``network.host_offsets_ctes``).
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-from analysis.findings import BAD_COUNTERS_SQL, arrivals_ctes, host_offsets_ctes
+from analysis.lateness import arrivals_ctes
 from analysis.load import Run
+from analysis.network import host_offsets_ctes
+from analysis.vocabulary import BAD_COUNTERS_SQL, NIC_DROP_COUNTERS, NIC_ERROR_COUNTERS
 
 _NO_HOSTS = """
     rank_hosts(rank, host) AS (SELECT NULL::INTEGER, NULL::VARCHAR WHERE false),
     host_offsets(host, offset_ns) AS (SELECT NULL::VARCHAR, NULL::BIGINT WHERE false)"""
 
-ERROR_COUNTERS = ("rx_errs", "tx_errs", "rx_frame", "tx_carrier")
-DROP_COUNTERS = ("rx_drop", "tx_drop", "rx_fifo", "tx_fifo")
 
 
 def origin_ns(run: Run) -> int | None:
@@ -67,7 +67,6 @@ def host_series(run: Run) -> pl.DataFrame:
     /proc/net/snmp; interface null), ``conn_retrans`` (the job's own connections' retransmitted
     segments, sock_diag) and ``other_bad`` (any other loss or congestion counter: TCP timeouts, RDMA).
     """
-    run.ensure_deltas()
     origin = origin_ns(run)
     if origin is None:
         return pl.DataFrame(
@@ -80,8 +79,8 @@ def host_series(run: Run) -> pl.DataFrame:
                 "value": pl.Float64,
             }
         )
-    errors = ", ".join(f"'{c}'" for c in ERROR_COUNTERS)
-    drops = ", ".join(f"'{c}'" for c in DROP_COUNTERS)
+    errors = ", ".join(f"'{c}'" for c in NIC_ERROR_COUNTERS)
+    drops = ", ".join(f"'{c}'" for c in NIC_DROP_COUNTERS)
     return run.sql(
         f"""
         WITH {host_offsets_ctes(run) or _NO_HOSTS},
