@@ -28,6 +28,13 @@ def trace_events(run: Run) -> Iterator[dict]:
     first, last = run.sql("SELECT min(t_start_ns), max(coalesce(t_end_ns, t_start_ns)) FROM collectives").row(0)
     if first is None:
         return
+    yield from _rank_tracks(run)
+    yield from _slices(run, first, last)
+    yield from _throughput_counters(run)
+
+
+def _rank_tracks(run: Run) -> Iterator[dict]:
+    """A process per rank, named with its host, in rank order."""
     hosts = {r: str(m.get("host", "?")) for r, m in run.ranks.items()}
     for rank in sorted(run.sql("SELECT DISTINCT rank FROM collectives").to_series().to_list()):
         yield {
@@ -38,6 +45,10 @@ def trace_events(run: Run) -> Iterator[dict]:
             "args": {"name": f"rank {rank} ({hosts.get(rank, '?')})"},
         }
         yield {"ph": "M", "name": "process_sort_index", "pid": rank, "tid": 0, "args": {"sort_index": rank}}
+
+
+def _slices(run: Run, first: int, last: int) -> Iterator[dict]:
+    """A slice per operation, on its rank's track of its group; one still in flight lasts to ``last``."""
     # Read from the segments once, into a table of DuckDB's (spilled past its memory limit), so that
     # a damaged file is found and dropped here, before anything is streamed out.
     run.guarded(
@@ -68,6 +79,10 @@ def trace_events(run: Run) -> Iterator[dict]:
                 "args": args,
             }
     run.con.execute("DROP TABLE export_slices")
+
+
+def _throughput_counters(run: Run) -> Iterator[dict]:
+    """Each busy host interface's throughput, one counter track per direction."""
     # A rate holds over its interval (t0, t1]: one counter event at t0 per interval and direction,
     # each direction its own track (the sampler's samples of tx and rx need not line up). Sample
     # times are on rank 0's clock, like the slices (timelines.host_series), in s since ``first``.

@@ -193,63 +193,71 @@ def host_timeline(series: pl.DataFrame, busy: pl.DataFrame | None = None, max_ho
     hosts = sorted(rank_by["host"].head(max_hosts).to_list())
     fig = Plot(figsize=(10, 2.9 * len(hosts) + 0.6), layout="constrained")
     axes = fig.subplots(2 * len(hosts), 1, sharex=True, height_ratios=[2.2, 1] * len(hosts), squeeze=False)[:, 0]
-    bad_colours = {
-        "errors": "#D55E00",
-        "drops": "#CC79A7",
-        "tcp_retrans": "#E69F00",
-        "conn_retrans": "#0072B2",
-        "other_bad": "#555555",
-    }
-    bad_names = {
-        "tcp_retrans": "host TCP retransmits",
-        "conn_retrans": "job connections' retransmits",
-        "other_bad": "other (timeouts, RDMA)",
-    }
     for k, host in enumerate(hosts):
         rate_ax, bad_ax = axes[2 * k], axes[2 * k + 1]
-        mine = series.filter((pl.col("host") == host) & pl.col("series").str.ends_with("_gbitps"))
-        for i, ((interface, name), part) in enumerate(sorted(mine.group_by(["interface", "series"]), key=str)):
-            if part["value"].max() <= 0:
-                continue
-            part = part.sort("t0_s")
-            xs, ys = [], []
-            for t0, t1, v in part.select("t0_s", "t1_s", "value").iter_rows():
-                xs += [t0, t1]
-                ys += [v, v]
-            style = "-" if name.startswith("tx") else ":"
-            rate_ax.plot(xs, ys, style, color=PALETTE[i // 2 % len(PALETTE)], label=f"{interface} {name[:2]}")
+        _draw_rates(rate_ax, series.filter((pl.col("host") == host) & pl.col("series").str.ends_with("_gbitps")))
         if busy is not None and not busy.is_empty():
             for t0, t1 in busy.filter(pl.col("host") == host).select("t0_s", "t1_s").iter_rows():
                 for ax in (rate_ax, bad_ax):
                     ax.axvspan(t0, t1, color="#56B4E9", alpha=0.15, linewidth=0)
-        rate_ax.set_ylabel("Gbit/s")
         rate_ax.set_title(f"{host}: throughput (shaded: its ranks communicating)", loc="left", fontsize="medium")
-        if rate_ax.lines:
-            rate_ax.legend(fontsize="x-small", loc="upper right", ncols=2)
-        rate_ax.grid(True, alpha=0.3)
-        events = bad.filter(pl.col("host") == host)
-        for (name,), part in sorted(events.group_by("series"), key=lambda item: str(item[0])):
-            # a step per sampling interval (the sources are sampled at different periods)
-            totals = part.group_by("t0_s", "t1_s").agg(pl.col("value").sum()).sort("t0_s")
-            xs, ys = [], []
-            for t0, t1, v in totals.select("t0_s", "t1_s", "value").iter_rows():
-                xs += [t0, t0, t1, t1]
-                ys += [0, v, v, 0]
-            colour = bad_colours.get(name, "#555555")
-            bad_ax.fill_between(xs, ys, color=colour, alpha=0.35, linewidth=0)
-            bad_ax.plot(xs, ys, color=colour, linewidth=1, label=bad_names.get(name, name))
-        bad_ax.set_ylabel("per second")
-        if events.is_empty():
-            bad_ax.text(
-                0.5, 0.5, "no loss or error counter moved", ha="center", va="center", transform=bad_ax.transAxes
-            )
-        else:
-            bad_ax.legend(fontsize="x-small", loc="upper right", ncols=4)
-        bad_ax.grid(True, alpha=0.3)
+        _draw_bad_counters(bad_ax, bad.filter(pl.col("host") == host))
     axes[-1].set_xlabel("time since the run's first operation (s), rank 0's clock")
     more = len(rank_by) - len(hosts)
     fig.suptitle("What the NICs saw" + (f" ({len(hosts)} of {len(rank_by)} hosts: the worst first)" if more else ""))
     return fig
+
+
+_BAD_COLOURS = {
+    "errors": "#D55E00",
+    "drops": "#CC79A7",
+    "tcp_retrans": "#E69F00",
+    "conn_retrans": "#0072B2",
+    "other_bad": "#555555",
+}
+_BAD_NAMES = {
+    "tcp_retrans": "host TCP retransmits",
+    "conn_retrans": "job connections' retransmits",
+    "other_bad": "other (timeouts, RDMA)",
+}
+
+
+def _draw_rates(ax, mine: pl.DataFrame) -> None:
+    """One host's interface throughputs (``*_gbitps`` series), a step per sampling interval."""
+    for i, ((interface, name), part) in enumerate(sorted(mine.group_by(["interface", "series"]), key=str)):
+        if part["value"].max() <= 0:
+            continue
+        part = part.sort("t0_s")
+        xs, ys = [], []
+        for t0, t1, v in part.select("t0_s", "t1_s", "value").iter_rows():
+            xs += [t0, t1]
+            ys += [v, v]
+        style = "-" if name.startswith("tx") else ":"
+        ax.plot(xs, ys, style, color=PALETTE[i // 2 % len(PALETTE)], label=f"{interface} {name[:2]}")
+    ax.set_ylabel("Gbit/s")
+    if ax.lines:
+        ax.legend(fontsize="x-small", loc="upper right", ncols=2)
+    ax.grid(True, alpha=0.3)
+
+
+def _draw_bad_counters(ax, events: pl.DataFrame) -> None:
+    """One host's loss and error counters that moved, per second, a filled step per sampling interval
+    (the sources are sampled at different periods)."""
+    for (name,), part in sorted(events.group_by("series"), key=lambda item: str(item[0])):
+        totals = part.group_by("t0_s", "t1_s").agg(pl.col("value").sum()).sort("t0_s")
+        xs, ys = [], []
+        for t0, t1, v in totals.select("t0_s", "t1_s", "value").iter_rows():
+            xs += [t0, t0, t1, t1]
+            ys += [0, v, v, 0]
+        colour = _BAD_COLOURS.get(name, "#555555")
+        ax.fill_between(xs, ys, color=colour, alpha=0.35, linewidth=0)
+        ax.plot(xs, ys, color=colour, linewidth=1, label=_BAD_NAMES.get(name, name))
+    ax.set_ylabel("per second")
+    if events.is_empty():
+        ax.text(0.5, 0.5, "no loss or error counter moved", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize="x-small", loc="upper right", ncols=4)
+    ax.grid(True, alpha=0.3)
 
 
 def probe_matrices(links: pl.DataFrame) -> Figure:

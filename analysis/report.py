@@ -164,8 +164,17 @@ def _recording_verdict(report: dict) -> str:
 
 
 def _run_sections(run: Run, report: dict) -> list[str]:
-    from analysis import plots
+    return (
+        _flagged_section(report)
+        + _recording_section(run)
+        + _lateness_section(run, report)
+        + _bandwidth_section(run)
+        + _nic_section(run)
+        + _probe_section(run)
+    )
 
+
+def _flagged_section(report: dict) -> list[str]:
     out = [_verdict(report), _recording_verdict(report)]
     flagged_kinds = [(key, title, meaning) for key, title, meaning in KINDS if report.get(key)]
     if flagged_kinds:
@@ -177,8 +186,13 @@ def _run_sections(run: Run, report: dict) -> list[str]:
     clean = [title.lower() for key, title, _ in KINDS if not report.get(key)]
     if clean and flagged_kinds:
         out.append(f"<p class=sub>Checked, nothing found: {html.escape(', '.join(clean))}.</p>")
-    out += ["<h2>The run</h2>", _table(_metadata(run), ["", "value"])]
-    out += [
+    return out
+
+
+def _recording_section(run: Run) -> list[str]:
+    return [
+        "<h2>The run</h2>",
+        _table(_metadata(run), ["", "value"]),
         "<h2>The recording</h2>",
         "<p class=sub>Per rank: whether it closed its trace, what it wrote and dropped, its clock offset to "
         "rank 0 (rounds measured, ± half the round trip, drift to its last measurement), and the longest the "
@@ -186,53 +200,70 @@ def _run_sections(run: Run, report: dict) -> list[str]:
         _frame(health.per_rank(run), headers=_HEALTH_HEADERS),
     ]
 
+
+def _lateness_section(run: Run, report: dict) -> list[str]:
+    from analysis import plots
+
     stragglers = diagnose.judged_stragglers(run, report)
     flagged = set(stragglers.filter(pl.col("flagged"))["rank"].to_list())
-    out.append("<h2>Who arrived late</h2>")
-    out.append(_figure(plots.rank_lateness(stragglers, flagged), "Mean and p95 arrival lateness per rank."))
-    out.append(
+    return [
+        "<h2>Who arrived late</h2>",
+        _figure(plots.rank_lateness(stragglers, flagged), "Mean and p95 arrival lateness per rank."),
         _figure(
             plots.lateness_heatmap(timelines.lateness_over_time(run)),
             "Mean arrival lateness per rank and time window: a bright row is a slow rank, a bright column a "
             "moment when everyone waited.",
-        )
-    )
-    out.append(
+        ),
         _frame(
             stragglers,
             text.STRAGGLERS_COLUMNS,
             formatters={"compute_share": text.percent, "flagged": lambda v: "yes" if v else "no"},
-        )
-    )
+        ),
+    ]
+
+
+def _bandwidth_section(run: Run) -> list[str]:
+    from analysis import plots
 
     collectives = findings.collectives(run)
-    out.append("<h2>Bandwidth</h2>")
-    out.append(_figure(plots.busbw_by_size(collectives), "Bus bandwidth (nccl-tests busbw) by message size, per op."))
-    out.append(_frame(collectives, text.COLLECTIVES_COLUMNS, {"bytes": "total S"}))
-    out.append(f"<p class=sub>{html.escape(text.S_NOTE)}; GB/s = 1e9 bytes/s.</p>")
+    return [
+        "<h2>Bandwidth</h2>",
+        _figure(plots.busbw_by_size(collectives), "Bus bandwidth (nccl-tests busbw) by message size, per op."),
+        _frame(collectives, text.COLLECTIVES_COLUMNS, {"bytes": "total S"}),
+        f"<p class=sub>{html.escape(text.S_NOTE)}; GB/s = 1e9 bytes/s.</p>",
+    ]
+
+
+def _nic_section(run: Run) -> list[str]:
+    from analysis import plots
 
     series = timelines.host_series(run)
     origin = timelines.origin_ns(run)
     span = run.sql("SELECT max(coalesce(t_end_ns, t_start_ns)) AS t1 FROM collectives").item()
     gap = max(((span or 0) - (origin or 0)) / 1e9 / 2000, 0.0)
-    out.append("<h2>What the NICs saw</h2>")
-    out.append(
+    intervals = findings.bad_intervals(run, worst=MAX_ROWS)
+    return [
+        "<h2>What the NICs saw</h2>",
         _figure(
             plots.host_timeline(series, timelines.busy_intervals(run, gap)),
             "Per host: interface throughput and the loss and error counters that moved, per sampling "
             "interval; shaded where the host's ranks were communicating.",
-        )
-    )
-    out.append("<h3>Interfaces</h3>" + _frame(findings.network(run)))
-    out.append("<h3>TCP retransmissions</h3>" + _frame(findings.tcp_loss(run)))
-    intervals = findings.bad_intervals(run, worst=MAX_ROWS)
-    out.append(f"<h3>Intervals in which loss or error counters moved (the {MAX_ROWS} worst)</h3>" + _frame(intervals))
+        ),
+        "<h3>Interfaces</h3>" + _frame(findings.network(run)),
+        "<h3>TCP retransmissions</h3>" + _frame(findings.tcp_loss(run)),
+        f"<h3>Intervals in which loss or error counters moved (the {MAX_ROWS} worst)</h3>" + _frame(intervals),
+    ]
+
+
+def _probe_section(run: Run) -> list[str]:
+    from analysis import plots
 
     links = findings.links(run)
-    out.append("<h2>Link probe</h2>")
-    out.append(_figure(plots.probe_matrices(links), "Bandwidth and latency of every probed host pair."))
-    out.append(_frame(links))
-    return out
+    return [
+        "<h2>Link probe</h2>",
+        _figure(plots.probe_matrices(links), "Bandwidth and latency of every probed host pair."),
+        _frame(links),
+    ]
 
 
 def _compare_sections(a: Run, b: Run, threshold: float) -> list[str]:

@@ -1,8 +1,8 @@
 """The code stays readable in the shape docs/architecture.md describes: small modules and functions,
 no module reaching into another's private names, capture never touching the session.
 
-What is still over a limit is listed below by name, so that the list only shrinks: a new offender
-fails, and so does a listed one that has been brought under the limit and not struck off.
+An exception, where one is ever worth it, is listed below by name: a new offender fails, and so
+does a listed one that has been brought under the limit and not struck off.
 """
 
 from __future__ import annotations
@@ -17,11 +17,7 @@ MODULE_LINES = 400
 FUNCTION_LINES = 60  # statements only: a docstring is not counted against a function
 
 STILL_LONG_MODULES: set[str] = set()
-STILL_LONG_FUNCTIONS = {
-    "analysis/export.py:trace_events",
-    "analysis/plots.py:host_timeline",
-    "analysis/report.py:_run_sections",
-}
+STILL_LONG_FUNCTIONS: set[str] = set()
 STILL_PRIVATE_IMPORTS: set[str] = set()
 
 
