@@ -44,11 +44,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", help="the commit to compare against (any git revision)")
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the benchmark script and its arguments")
-    args = parser.parse_args()
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        raise SystemExit("give the benchmark to run after --")
+    argv = sys.argv[1:]
+    if "--" not in argv or argv.index("--") == len(argv) - 1:
+        raise SystemExit("give the benchmark to run after --: side_by_side.py BASE -- benchmarks/x.py ...")
+    split = argv.index("--")
+    args = parser.parse_args(argv[:split])
+    command = argv[split + 1 :]
     scratch = tempfile.mkdtemp(prefix="commtrace-base-")
     base_tree = os.path.join(scratch, "tree")
     subprocess.run(["git", "worktree", "add", "--detach", base_tree, args.base], cwd=ROOT, check=True,
