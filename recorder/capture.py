@@ -73,10 +73,12 @@ def _record(pg, fn, op, args, kwargs, n_in, n_out, tensor, peer, root, opts):
             seq = info.p2p.get(key, 0)
             info.p2p[key] = seq + 1
             is_async = api not in SYNC_P2P_APIS
+            wait_here = False  # gloo's send/recv works may be waited on once only, by their owner
         else:
             seq = info.seq
             info.seq = seq + 1
             is_async = True if opts is None else getattr(opts, "asyncOp", True)
+            wait_here = not is_async and info.wait_inside
         if tensor is None:
             dtype, device = -1, DEVICE_NONE
         else:
@@ -109,9 +111,9 @@ def _record(pg, fn, op, args, kwargs, n_in, n_out, tensor, peer, root, opts):
         raise
     if rid is None:
         return work
-    if work is not None and not is_async and device != DEVICE_CUDA and info.wait_inside and opts is not P2P:
+    if wait_here and work is not None and device != DEVICE_CUDA:
         # The common case, inline: the caller waits right after we return, so waiting here first is
-        # free and exact (gloo collective works may be waited on twice; its send/recv works may not).
+        # free and exact (gloo collective works may be waited on twice).
         try:
             _native_wait(work)
         except Exception:
