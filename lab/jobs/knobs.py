@@ -1,6 +1,7 @@
 """The lab scenarios' knobs for a job, read from its environment (the job's settings, not the recorder's).
 
   LAB_SLEEP_RANK, LAB_SLEEP_MS  that rank computes this much longer before every other step
+  LAB_SLEEP_EVERY               ... before every Nth step instead (1: every step; default 2)
   LAB_CLOCK_SHIFT_MS            this process's wall clock reads that much ahead (a host whose clock is off)
 
 Call ``shift_clock()`` before importing torch: every wall-clock read in Python, the recorder's
@@ -22,6 +23,8 @@ def shift_clock() -> None:
 
 
 def straggle(rank: int, step: int) -> None:
-    """The straggler's pause, before every other step (odd ones) of the rank LAB_SLEEP_RANK names."""
-    if step % 2 == 1 and int(os.environ.get("LAB_SLEEP_RANK", "-1")) == rank:
+    """The straggler's pause, before every other step (odd ones; every LAB_SLEEP_EVERY-th) of the rank
+    LAB_SLEEP_RANK names."""
+    every = max(int(os.environ.get("LAB_SLEEP_EVERY", "2")), 1)
+    if step % every == every - 1 and int(os.environ.get("LAB_SLEEP_RANK", "-1")) == rank:
         time.sleep(float(os.environ.get("LAB_SLEEP_MS", "0")) / 1e3)
