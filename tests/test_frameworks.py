@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,19 @@ def deepspeed_runs(tmp_path_factory) -> dict:
         extra = {"COMMTRACE_DIR": str(traces)} if mode == "recorded" else {}
         env = clean_env(JOB_OUT=str(out), DS_ACCELERATOR="cpu", **extra)
         stages = ",".join(str(s) for s in STAGES)
-        proc = run_job(torchrun(2, JOBS / "deepspeed_train.py", stages, str(STEPS)), env, timeout=400)
+        for attempt in (1, 2):
+            try:
+                proc = run_job(torchrun(2, JOBS / "deepspeed_train.py", stages, str(STEPS)), env, timeout=400)
+                break
+            except AssertionError as exc:
+                # DeepSpeed on CPU now and then aborts a rank as its process tears down ("terminate called
+                # without an active exception", SIGABRT), seen in an unrecorded job too: that one job is
+                # run again, once; any other failure, or a second one, fails the test.
+                if attempt == 2 or "terminate called without an active exception" not in str(exc):
+                    raise
+                shutil.rmtree(out)
+                shutil.rmtree(traces, ignore_errors=True)
+                out.mkdir()
         results = {r: json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)}
         runs[mode] = {"stderr": proc.stderr, "traces": traces, "results": results}
     return runs
