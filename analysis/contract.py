@@ -41,6 +41,8 @@ class Straggler(Record):
     compute_share: float | None
     host: str | None
     verdict: str
+    excess_gap_ms: float | None = None  # more time outside communication per collective than the others' median
+    gap_score: float | None = None
 
 
 @dataclass

@@ -5,7 +5,7 @@ added, never renamed):
 
     {"run_id": str, "world_size": int | null, "hosts": [str],
      "stragglers":  [{"rank", "host", "times_last", "mean_lateness_ms", "p95_lateness_ms", "outlier_score",
-                      "compute_share"}],
+                      "compute_share", "verdict", "excess_gap_ms", "gap_score"}],
      "slow_links":  [{"host", "interface", "evidence"}],
      "packet_loss": [{"host", "interface", "connection", "source", "loss_pct", "evidence"?}],
      "hangs":       [{"pg", "seq", "op", "missing_ranks", "stuck_ranks"}],
@@ -22,10 +22,11 @@ a run without per-connection samples, any host whose TCP retransmission total is
 "snmp"; every host that sends into a lossy link shows it); and any interface with errors or drops
 (``source`` "net_dev"). A rank on a host named in ``slow_links`` or (from its connections)
 ``packet_loss`` is not listed in ``stragglers``: behind a bad link it finishes late and so starts
-late, and the link is the finding. ``problems`` lists files
-that could not be read. ``slow_links`` comes from the link probe (COMMTRACE_PROBE) and is empty for
-a run recorded without it; its ``evidence`` holds the probe's figures (GB/s): the best and median
-of the host's pairs and the median of the other pairs.
+late, and the link is the finding. ``excess_gap_ms`` and ``gap_score`` say how much longer than the
+other ranks a listed rank spent outside communication per collective (findings.stragglers).
+``problems`` lists files that could not be read. ``slow_links`` comes from the link probe
+(COMMTRACE_PROBE) and is empty for a run recorded without it; its ``evidence`` holds the probe's
+figures (GB/s): the best and median of the host's pairs and the median of the other pairs.
 
 ``findings`` is the job's faults once more, one entry each in the order to read them, each with a
 ``summary``: a sentence a person can check against the trace. A host whose link is both slow and
@@ -185,7 +186,13 @@ def _stragglers(run: Run, thresholds: Thresholds, hosts_by_rank: dict, behind_ba
     judged = judge_stragglers(findings.stragglers(run), hosts_by_rank, behind_bad_links, thresholds)
     keys = ("rank", "times_last", "mean_lateness_ms", "p95_lateness_ms", "outlier_score", "compute_share")
     return [
-        Straggler(**{k: r[k] for k in keys}, host=hosts_by_rank.get(r["rank"]), verdict=r["verdict"])
+        Straggler(
+            **{k: r[k] for k in keys},
+            host=hosts_by_rank.get(r["rank"]),
+            verdict=r["verdict"],
+            excess_gap_ms=r.get("excess_gap_ms"),
+            gap_score=r.get("gap_score"),
+        )
         for r in judged.to_dicts()
         if r["flagged"]
     ]

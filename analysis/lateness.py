@@ -81,6 +81,11 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
     share understates; diagnose therefore gates on it loosely (0.25). The mean gap is
     computed without ordering the events: over a rank's n collectives, the sum of the gaps is
     (sum of starts - first start) - (sum of ends - last end).
+
+    A slow link lengthens every rank's collectives, not one rank's gaps, so the gaps are the signal a
+    network fault can neither fake nor hide: ``excess_gap_ms`` is the rank's mean gap minus the
+    median of the other ranks' mean gaps, and ``gap_score`` the same robust score as above, over the
+    mean gaps.
     """
     per_rank = run.sql(
         f"""
@@ -130,7 +135,28 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
     )
     means = per_rank["_mean"].to_numpy()
     scores = _outlier_scores(means)
-    return per_rank.drop("_mean").insert_column(5, pl.Series("outlier_score", scores, dtype=pl.Float64))
+    gaps = per_rank["mean_gap_ms"].to_numpy()
+    return (
+        per_rank.drop("_mean")
+        .insert_column(5, pl.Series("outlier_score", scores, dtype=pl.Float64))
+        .with_columns(
+            pl.Series("excess_gap_ms", _excess_over_others(gaps), dtype=pl.Float64),
+            pl.Series("gap_score", _outlier_scores(gaps), dtype=pl.Float64),
+        )
+    )
+
+
+def _excess_over_others(values, leave_one_out_below: int = 256) -> list[float | None]:
+    """Each value minus the median of the others (of all, for many values), rounded to the us."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    out = []
+    for i in range(n):
+        others = np.delete(values, i) if 1 < n < leave_one_out_below else values
+        out.append(round(float(values[i] - np.median(others)), 3) if len(others) else None)
+    return out
 
 
 def _outlier_scores(values, floor: float = 0.05, leave_one_out_below: int = 256) -> list[float | None]:

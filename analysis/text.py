@@ -128,7 +128,7 @@ SUMMARY_COLUMNS += ["p50_ms", "p95_ms", "max_ms", "not_ok"]
 COLLECTIVES_COLUMNS = ["pg", "group", "op", "family", "pg_size", "size_bucket", "count", "bytes"]
 COLLECTIVES_COLUMNS += ["p50_ms", "p95_ms", "p99_ms", "algbw_GBps", "busbw_GBps"]
 STRAGGLERS_COLUMNS = ["rank", "host", "flagged", "collectives", "times_last", "mean_lateness_ms", "p95_lateness_ms"]
-STRAGGLERS_COLUMNS += ["outlier_score", "mean_gap_ms", "compute_share", "verdict"]
+STRAGGLERS_COLUMNS += ["outlier_score", "mean_gap_ms", "excess_gap_ms", "gap_score", "compute_share", "verdict"]
 
 # Column names carry their unit; the header a person reads, and how a cell is written, follow from it.
 _HEADERS = {
@@ -142,6 +142,8 @@ _HEADERS = {
     "outlier_score": "score",
     "compute_share": "outside comm",
     "mean_gap_ms": "mean gap",
+    "excess_gap_ms": "gap over others",
+    "gap_score": "gap score",
     "not_ok": "not ok",
     "missing_ranks": "never issued it",
     "stuck_ranks": "stuck in it",

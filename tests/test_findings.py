@@ -400,3 +400,23 @@ def test_rdma_retransmissions_are_news_and_traffic_is_not(tmp_path):
     assert dict(port["moved_counters"]) == {"retrans_pkts": 4, "retrans_bytes": 4096, "rx_drops": 2}
     bad = {r["counter"] for r in findings.bad_intervals(run).to_dicts() if r["source"] == "rdma"}
     assert bad == {"retrans_pkts", "retrans_bytes", "rx_drops"}
+
+
+def test_time_outside_communication_tells_a_slow_rank_from_one_behind_a_bad_link(tmp_path):
+    """Rank 2 computes 10 ms longer every step; rank 1's collectives end 20 ms late every step (behind
+    a lossy link it finishes late, so it starts late). By lateness, rank 1 is the late one and rank 2
+    hides inside its wait (last once in 20); by the time each spends between its collectives, only
+    rank 2 stands out, by the 10 ms it was given."""
+    n, slow, late_ending = 4, 2, 1
+    rows, ends = [], [T0] * n
+    for seq in range(20):
+        starts = [ends[r] + 3_000_000 + (10_000_000 if r == slow else 0) for r in range(n)]
+        last = max(starts)
+        ends = [last + 2_000_000 + (20_000_000 if r == late_ending else 0) for r in range(n)]
+        rows += [event(r, seq, "all_reduce", n, 1 << 20, 1 << 20, starts[r], ends[r]) for r in range(n)]
+    by_rank = {r["rank"]: r for r in findings.stragglers(Run.open(write_run(tmp_path / "run", rows, n))).to_dicts()}
+    assert by_rank[late_ending]["mean_lateness_ms"] > 15 and by_rank[slow]["times_last"] <= 1
+    assert by_rank[slow]["excess_gap_ms"] == pytest.approx(10.0, abs=0.01)
+    assert by_rank[slow]["gap_score"] > 3.5
+    for rank in (0, 1, 3):
+        assert abs(by_rank[rank]["excess_gap_ms"]) < 0.01 and abs(by_rank[rank]["gap_score"]) < 1, by_rank[rank]
