@@ -20,6 +20,7 @@ import duckdb
 
 from analysis import metadata, repair, text, views
 from analysis.segments import (  # noqa: F401  (TraceError is load's API too)
+    OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
     TraceError,
     add_group_summaries,
@@ -313,7 +314,7 @@ def _collective_segments(path: str, con, problems: list[str]) -> tuple[list[str]
     others are said in ``problems``."""
     segments = []
     found = regular_files(path, "rank=*/collectives-*.parquet", problems)
-    checked = inspect_segments(found, REQUIRED_COLUMNS, con)
+    checked = inspect_segments(found, REQUIRED_COLUMNS, con, OPTIONAL_COLUMNS)
     layouts = set()
     footers = {}
     for seg, (reason, names, kv) in zip(found, checked, strict=True):

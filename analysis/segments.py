@@ -37,7 +37,26 @@ REQUIRED_COLUMNS = {
     "t_end_ns": _I64,
     "status": _S,
 }
+# Columns the queries read where a file has them (a recorder may write fewer): present under another
+# type (a stranger's file, a damaged footer), the file is skipped like one with a required column
+# of the wrong type, not left to fail a query.
+OPTIONAL_COLUMNS = {
+    "pg_desc": _S,
+    "pg_size": _I32,
+    "count": _I64,
+    "dtype": _S,
+    "peer": _I32,
+    "root": _I32,
+    "gpu_duration_ns": _I64,
+    "async_op": "BOOLEAN",
+    "coalesced": "BOOLEAN",
+    "api": _S,
+    "backend": _S,
+    "device": _S,
+    "step": _I64,
+}
 SAMPLE_COLUMNS = {"t_ns": _I64, "host": _S, "source": _S, "device": _S, "counter": _S, "value": _I64}
+SAMPLE_OPTIONAL_COLUMNS = {"port": _I32, "text": _S}
 PROBE_COLUMNS = {"phase": _S, "src_host": _S, "dst_host": _S, "bandwidth_gbps": _F64, "latency_us": _F64}
 SEGMENT_NAME = re.compile(r"collectives-(.+)-(\d{1,18})\.parquet")
 
@@ -80,7 +99,9 @@ def regular_files(root: str, pattern: str, problems: list[str]) -> list[str]:
     return files
 
 
-def inspect_segment(path: str, required: dict[str, str] = REQUIRED_COLUMNS) -> tuple[str | None, tuple, dict]:
+def inspect_segment(
+    path: str, required: dict[str, str] = REQUIRED_COLUMNS, optional: dict[str, str] | None = None
+) -> tuple[str | None, tuple, dict]:
     """(why the segment cannot be used, or None; its column names and types; its commtrace.* metadata)."""
     try:
         meta = pq.read_metadata(path)
@@ -88,14 +109,17 @@ def inspect_segment(path: str, required: dict[str, str] = REQUIRED_COLUMNS) -> t
         return f"not a readable Parquet file: {exc.__class__.__name__}", (), {}
     kv = {k.decode(errors="replace"): v for k, v in (meta.metadata or {}).items() if k.startswith(b"commtrace.")}
     layout = tuple((c.name, _column_kind(c.physical_type, c.converted_type, c.logical_type.type)) for c in meta.schema)
-    reason = _verdict(kv.get("commtrace.schema_version"), dict(layout), required)
+    reason = _verdict(kv.get("commtrace.schema_version"), dict(layout), required, optional)
     if reason is not None:
         return reason, (), {}
     return None, layout, kv
 
 
 def inspect_segments(
-    paths: list[str], required: dict[str, str] = REQUIRED_COLUMNS, con: duckdb.DuckDBPyConnection | None = None
+    paths: list[str],
+    required: dict[str, str] = REQUIRED_COLUMNS,
+    con: duckdb.DuckDBPyConnection | None = None,
+    optional: dict[str, str] | None = None,
 ) -> list[tuple[str | None, tuple, dict]]:
     """``inspect_segment`` for many files at once: DuckDB reads every footer in one parallel call
     (a run of thousands of segments in a few tens of ms), on ``con`` if given (whose metadata cache
@@ -122,7 +146,7 @@ def inspect_segments(
             columns.setdefault(name, []).append((column, _column_kind(physical, converted, logical)))
     except duckdb.Error:
         with ThreadPoolExecutor(max_workers=8) as pool:
-            return list(pool.map(lambda p: inspect_segment(p, required), paths))
+            return list(pool.map(lambda p: inspect_segment(p, required, optional), paths))
     finally:
         if own:
             con.close()
@@ -130,7 +154,7 @@ def inspect_segments(
     for path in paths:
         layout = tuple(columns.get(path, ()))
         kv = footers.get(path, {})
-        reason = _verdict(kv.get("commtrace.schema_version"), dict(layout), required)
+        reason = _verdict(kv.get("commtrace.schema_version"), dict(layout), required, optional)
         out.append((reason, layout, kv) if reason is None else (reason, (), {}))
     return out
 
@@ -151,9 +175,11 @@ def _column_kind(physical: str | None, converted: str | None, logical) -> str:
     return f"{physical} {annotation}" if annotation else str(physical)
 
 
-def _verdict(version: bytes | None, columns: dict[str, str], required: dict[str, str]) -> str | None:
+def _verdict(
+    version: bytes | None, columns: dict[str, str], required: dict[str, str], optional: dict[str, str] | None = None
+) -> str | None:
     """Why a segment with this schema-version metadata and these columns (name: physical type)
-    cannot be used, or None."""
+    cannot be used, or None. ``optional``: columns it need not have, but if it has, of these types."""
     if version is None:
         return "not written by the commtrace recorder"
     try:
@@ -164,9 +190,10 @@ def _verdict(version: bytes | None, columns: dict[str, str], required: dict[str,
     missing = required.keys() - columns.keys()
     if missing:
         return f"missing columns {sorted(missing)}"
-    wrong = sorted(name for name, kind in required.items() if columns[name] != kind)
+    expected = {**(optional or {}), **required}
+    wrong = sorted(name for name, kind in expected.items() if name in columns and columns[name] != kind)
     if wrong:
-        return f"columns of the wrong type: {', '.join(f'{n} ({columns[n]}, not {required[n]})' for n in wrong)}"
+        return f"columns of the wrong type: {', '.join(f'{n} ({columns[n]}, not {expected[n]})' for n in wrong)}"
     return None
 
 

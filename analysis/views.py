@@ -14,9 +14,11 @@ import os
 import re
 
 from analysis.segments import (
+    OPTIONAL_COLUMNS,
     PROBE_COLUMNS,
     REQUIRED_COLUMNS,
     SAMPLE_COLUMNS,
+    SAMPLE_OPTIONAL_COLUMNS,
     contradiction,
     inspect_segments,
     regular_files,
@@ -92,12 +94,14 @@ def create(run) -> None:
     """)
 
 
-def usable(run, pattern: str, required: dict[str, str]) -> tuple[list[str], set[tuple]]:
+def usable(
+    run, pattern: str, required: dict[str, str], optional: dict[str, str] | None = None
+) -> tuple[list[str], set[tuple]]:
     """The files under the run matching ``pattern`` that can be read (the rest listed in
     ``problems``), and their distinct column layouts."""
     found = regular_files(run.path, pattern, run.problems)
     files, layouts = [], set()
-    for path, (reason, layout, _) in zip(found, inspect_segments(found, required, run.con), strict=True):
+    for path, (reason, layout, _) in zip(found, inspect_segments(found, required, run.con, optional), strict=True):
         if reason is None:
             files.append(path)
             layouts.add(layout)
@@ -160,7 +164,7 @@ def collectives_view(run) -> None:
     """``raw_collectives``: every segment's rows, and from the in-flight snapshots (a hang dump,
     SIGUSR1, SIGTERM) each operation no segment holds: one still in flight when the rank died
     or was killed. An operation that completed after a snapshot is in a segment, completed."""
-    snapshots, layouts = usable(run, "rank=*/inflight-*.parquet", REQUIRED_COLUMNS)
+    snapshots, layouts = usable(run, "rank=*/inflight-*.parquet", REQUIRED_COLUMNS, OPTIONAL_COLUMNS)
     run.text_columns["raw_snapshots"] = [c for c in text_columns(layouts) if c not in KEY_NAMES]
     run.snapshots = snapshots
     if not snapshots:
@@ -192,7 +196,7 @@ def sample_views(run) -> None:
     other decrease a reset (the delta is the new value). ``port_xmit_data``/``port_rcv_data``
     count 4-byte words; ``bytes`` holds the delta in bytes where the counter counts bytes.
     """
-    files, layouts = usable(run, "host=*/nic-*.parquet", SAMPLE_COLUMNS)
+    files, layouts = usable(run, "host=*/nic-*.parquet", SAMPLE_COLUMNS, SAMPLE_OPTIONAL_COLUMNS)
     if files:
         run.sample_files = files
         run.samples_one_layout = len(layouts) == 1

@@ -484,3 +484,27 @@ def test_compact_makes_a_run_of_many_small_segments_read_like_few(tmp_path):
     assert Run.open(out).settled() == Run.open(run).settled()
     again = _cli("compact", str(run), "-o", str(out))
     assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("column", "bad"),
+    [("pg_size", pa.array([], pa.timestamp("ns"))), ("step", pa.array([], pa.string())), ("port", None)],
+)
+def test_a_column_beyond_the_required_ones_under_another_type_skips_its_file(tmp_path, column, bad):
+    """Found by test_hostile_properties: a segment whose pg_size was a TIMESTAMP passed the inspection
+    (which checked only the columns every file must have) and failed the summary's arithmetic with a
+    traceback. Every column the queries read is checked where a file has it."""
+    run = _copy(tmp_path, "lossy")
+    folder = "host=*/nic-*.parquet" if column == "port" else "rank=00000/collectives-*.parquet"
+    path = sorted(glob.glob(str(run / folder)))[0]
+    table = pq.read_table(path)
+    metadata = pq.read_metadata(path).metadata
+    typed = pa.timestamp("ns") if bad is None else bad.type
+    index = table.schema.get_field_index(column)
+    table = table.set_column(index, column, pa.nulls(table.num_rows, typed)).replace_schema_metadata(metadata)
+    pq.write_table(table, path)
+    name = os.path.relpath(path, run)
+    for command in (*COMMANDS, "steps", "network"):
+        result = _cli(command, str(run))
+        assert result.returncode == 0, (command, result.stderr)
+        assert f"{name}: skipped (columns of the wrong type: {column} (" in result.stdout, (command, result.stdout)
