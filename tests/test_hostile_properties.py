@@ -166,7 +166,10 @@ def _apply(run, change) -> None:
         if not found:
             return
         target = found[0]
-        os.unlink(target)
+        if os.path.isdir(target) and not os.path.islink(target):
+            os.rmdir(target)  # an earlier change made it a folder
+        else:
+            os.unlink(target)
         if kind == "fifo":
             os.mkfifo(target)
         elif kind == "folder":
