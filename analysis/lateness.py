@@ -150,29 +150,31 @@ def _excess_over_others(values, leave_one_out_below: int = 256) -> list[float | 
     """Each value minus the median of the others (of all, for many values), rounded to the us."""
     import numpy as np
 
+    return [
+        round(float(v - np.median(others)), 3) if len(others) else None
+        for v, others in _with_others(values, leave_one_out_below)
+    ]
+
+
+def _with_others(values, leave_one_out_below: int):
+    """(value, the other values) for each value; all values for the others from ``leave_one_out_below`` on."""
+    import numpy as np
+
     values = np.asarray(values, dtype=float)
     n = len(values)
-    out = []
     for i in range(n):
-        others = np.delete(values, i) if 1 < n < leave_one_out_below else values
-        out.append(round(float(values[i] - np.median(others)), 3) if len(others) else None)
-    return out
+        yield values[i], (np.delete(values, i) if 1 < n < leave_one_out_below else values)
 
 
 def _outlier_scores(values, floor: float = 0.05, leave_one_out_below: int = 256) -> list[float | None]:
     """Robust z-score of each value against the others (or all, for many values): median / MAD x 1.4826."""
     import numpy as np
 
-    values = np.asarray(values, dtype=float)
-    n = len(values)
-    if n == 0:
-        return []
     out = []
-    for i in range(n):
-        others = np.delete(values, i) if 1 < n < leave_one_out_below else values
+    for value, others in _with_others(values, leave_one_out_below):
         center = float(np.median(others))
         mad = float(np.median(np.abs(others - center)))
-        out.append(round((values[i] - center) / max(1.4826 * mad, floor), 2))
+        out.append(round((value - center) / max(1.4826 * mad, floor), 2))
     return out
 
 

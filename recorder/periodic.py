@@ -38,10 +38,6 @@ class PeriodicThread:
         finally:
             self._cpu_final = time.thread_time()
 
-    @property
-    def started(self) -> bool:
-        return self._thread.ident is not None
-
     def in_own_thread(self) -> bool:
         return threading.current_thread() is self._thread
 

@@ -420,3 +420,12 @@ def test_time_outside_communication_tells_a_slow_rank_from_one_behind_a_bad_link
     assert by_rank[slow]["gap_score"] > 3.5
     for rank in (0, 1, 3):
         assert abs(by_rank[rank]["excess_gap_ms"]) < 0.01 and abs(by_rank[rank]["gap_score"]) < 1, by_rank[rank]
+
+
+def test_a_finding_is_computed_once_per_run_and_arguments(tmp_path):
+    """diagnose, the report and the CLI ask for the same findings (stragglers, network, loss); each
+    used to run its query again. The frame asked for again is the one already made."""
+    run = Run.open(write_run(tmp_path / "run", _healthy(2, range(4)), 2))
+    assert findings.stragglers(run) is findings.stragglers(run)
+    assert findings.stragglers(run, 2.0) is not findings.stragglers(run)
+    assert findings.network(run) is findings.network(run)
