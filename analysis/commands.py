@@ -77,17 +77,22 @@ def cmd_collectives(args: argparse.Namespace) -> int:
 
 def cmd_stragglers(args: argparse.Namespace) -> int:
     note = (
-        "lateness = this rank's start - the first rank's start; score: robust z-score of the rank's mean lateness "
-        "against the others'; mean gap: time between finishing one collective and starting the next; outside comm: "
-        "the share of its lateness spent outside communication. A straggler has a score above 3.5, a mean "
-        "lateness of 1 ms or more, was last 5 times or more, spent 25 % of its lateness or more outside "
-        "communication, and has no slow or lossy link on its host."
+        "steps longer: the steps in which the rank spent longer outside communication (no operation in "
+        "flight) than the median rank, and by how much (± its spread); excess per step: the same over every "
+        "step; z: that against the run's step-to-step noise. A straggler has z above 5, in 3 steps or more, "
+        "and an excess per step of 1 % of a step or more: a slow or lossy link cannot make a rank look like "
+        "that. Where steps cannot be told (no group spans every rank), arrival lateness judges: lateness = "
+        "this rank's start - the first rank's start; score: robust z-score of the rank's mean lateness "
+        "against the others'; a straggler has a score above 3.5, a mean lateness of 1 ms or more, was last 5 "
+        "times or more, spent 25 % of its lateness or more outside communication, and has no slow or lossy "
+        "link on its host."
     )
     from analysis import diagnose
 
     frame = diagnose.judged_stragglers(_open(args), min_skew_ms=args.min_skew_ms)
     formatters = {"compute_share": text.percent, "flagged": lambda v: "yes" if v else "no"}
-    _emit(frame, args.format, "arrival per rank:", text.STRAGGLERS_COLUMNS, formatters=formatters, note=note)
+    title = "time outside communication and arrival, per rank:"
+    _emit(frame, args.format, title, text.STRAGGLERS_COLUMNS, formatters=formatters, note=note)
     return 0
 
 
@@ -169,7 +174,7 @@ def cmd_network(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from analysis import diagnose
+    from analysis import diagnose, sentences
 
     run = Run.open(args.run)
     report = diagnose.diagnose(run)
@@ -184,7 +189,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         frame = pl.DataFrame([{c: r.get(c) for c in columns} for r in rows], schema=dict.fromkeys(columns, pl.String))
         sys.stdout.write(frame.write_csv())
     else:
-        for line in diagnose.describe(report):
+        for line in sentences.describe(report):
             print(line)
     fail = (args.fail_on_problem and diagnose.flagged(report)) or (
         args.fail_on_recording and diagnose.recording_flagged(report)

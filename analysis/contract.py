@@ -43,6 +43,17 @@ class Straggler(Record):
     verdict: str
     excess_gap_ms: float | None = None  # more time outside communication per collective than the others' median
     gap_score: float | None = None
+    # What the verdict rests on (analysis.outside): steps judged; the steps in which the rank spent
+    # longer outside communication than the median rank, by how much (median, robust standard deviation);
+    # the mean over every step, the run's step-to-step noise and the z-score; the median step time.
+    steps: int | None = None
+    steps_longer: int | None = None
+    longer_ms: float | None = None
+    longer_spread_ms: float | None = None
+    excess_ms_per_step: float | None = None
+    noise_ms: float | None = None
+    outside_z: float | None = None
+    step_ms: float | None = None
 
 
 @dataclass

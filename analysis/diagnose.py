@@ -5,7 +5,8 @@ added, never renamed):
 
     {"run_id": str, "world_size": int | null, "hosts": [str],
      "stragglers":  [{"rank", "host", "times_last", "mean_lateness_ms", "p95_lateness_ms", "outlier_score",
-                      "compute_share", "verdict", "excess_gap_ms", "gap_score"}],
+                      "compute_share", "verdict", "excess_gap_ms", "gap_score", "steps", "steps_longer",
+                      "longer_ms", "longer_spread_ms", "excess_ms_per_step", "noise_ms", "outside_z", "step_ms"}],
      "slow_links":  [{"host", "interface", "evidence"}],
      "packet_loss": [{"host", "interface", "connection", "source", "loss_pct", "evidence"?}],
      "hangs":       [{"pg", "seq", "op", "missing_ranks", "stuck_ranks"}],
@@ -20,10 +21,16 @@ a host whose link loses packets, from the job's own TCP connections (``source`` 
 ``connection`` null, ``evidence`` with the connection figures; see findings.lossy_hosts), or, for
 a run without per-connection samples, any host whose TCP retransmission total is high (``source``
 "snmp"; every host that sends into a lossy link shows it); and any interface with errors or drops
-(``source`` "net_dev"). A rank on a host named in ``slow_links`` or (from its connections)
-``packet_loss`` is not listed in ``stragglers``: behind a bad link it finishes late and so starts
-late, and the link is the finding. ``excess_gap_ms`` and ``gap_score`` say how much longer than the
-other ranks a listed rank spent outside communication per collective (findings.stragglers).
+(``source`` "net_dev"). A rank is listed in ``stragglers`` when it spends longer
+outside communication than the other ranks, step after step (analysis.outside): ``steps_longer``
+of ``steps`` steps, by ``longer_ms`` (± ``longer_spread_ms``) in those steps, ``outside_z`` the
+z-score against the run's step-to-step noise. A slow or lossy link cannot make a rank look like
+that (it lengthens every rank's collectives, not one rank's time between them), so a rank behind
+one can be listed too. Where the run's steps cannot be told, arrival lateness judges instead (the
+``steps`` fields are then null) and a rank on a host named in ``slow_links`` or (from its
+connections) ``packet_loss`` is not listed: behind a bad link it finishes late and so starts late,
+and the link is the finding. ``excess_gap_ms`` and ``gap_score`` say how much longer than the
+other ranks a rank spent outside communication per collective, over the whole run.
 ``problems`` lists files that could not be read. ``slow_links`` comes from the link probe
 (COMMTRACE_PROBE) and is empty for a run recorded without it; its ``evidence`` holds the probe's
 figures (GB/s): the best and median of the host's pairs and the median of the other pairs.
@@ -54,12 +61,21 @@ from analysis.contract import (
     SlowLink,
     Straggler,
 )
-from analysis.load import Run, problem_kind
+from analysis.load import Run
+from analysis.sentences import outside_words, sentences
 from analysis.vocabulary import KINDS
 
 
 @dataclass(frozen=True)
 class Thresholds:
+    # A straggler spends longer outside communication than the other ranks, step after step
+    # (analysis.outside):
+    straggler_outside_z: float = 5.0  # beyond any step-to-step noise of the run
+    straggler_min_steps: int = 3  # in at least this many steps
+    # and costs the job at least this share of its step time: its extra time, over every step. (A
+    # slow link leaves small, steady differences between ranks, under 1 %, that are not noise.)
+    straggler_min_cost_share: float = 0.01
+    # Where steps cannot be told (no group spans every rank), arrival lateness judges instead:
     straggler_score: float = 3.5  # robust z-score of a rank's mean lateness
     straggler_min_lateness_ms: float = 1.0  # and late by at least this on average
     straggler_min_times_last: int = 5  # and the last to arrive at least this often (a few late arrivals are noise)
@@ -75,35 +91,66 @@ def judge_stragglers(
     frame: pl.DataFrame, hosts_by_rank: dict, bad_link_hosts: set, thresholds: Thresholds = Thresholds()
 ) -> pl.DataFrame:
     """``findings.stragglers``' rows with ``flagged`` and ``verdict``: why each rank is a straggler,
-    or the first gate it did not pass."""
-    t = thresholds
+    or the first gate it did not pass.
+
+    Where the run's steps could be told, on time outside communication alone: a slow or lossy link
+    lengthens every rank's collectives, not one rank's time between them, so a rank behind a bad
+    link is judged like any other (it can be a straggler too). Otherwise on arrival lateness, and a
+    rank behind a bad link is excused (its lateness is the link's)."""
     flagged, verdicts = [], []
     for r in frame.to_dicts():
-        share = r["compute_share"] or 0.0
-        host = hosts_by_rank.get(r["rank"])
-        if r["outlier_score"] is None:
-            why = "too few collectives to judge"
-        elif r["outlier_score"] <= t.straggler_score:
-            why = f"arrives with its peers (score {r['outlier_score']:.3g} <= {t.straggler_score:g})"
-        elif r["mean_lateness_ms"] < t.straggler_min_lateness_ms:
-            late = text.duration_ms(r["mean_lateness_ms"])
-            why = f"late by only {late} on average (under {text.duration_ms(t.straggler_min_lateness_ms)})"
-        elif r["times_last"] < t.straggler_min_times_last:
-            why = f"last only {r['times_last']} times (under {t.straggler_min_times_last})"
-        elif share < t.straggler_min_compute_share:
-            why = (
-                f"only {text.percent(share)} of its lateness is time outside communication (under "
-                f"{text.percent(t.straggler_min_compute_share)}): it starts late because its collectives end late"
-            )
-        elif host is not None and host in bad_link_hosts:
-            why = f"behind the bad link of {text.clean(host)}: the link is the finding"
+        if r.get("outside_z") is not None:
+            why, slow = _outside_verdict(r, thresholds)
         else:
-            why = f"a slow rank: {text.percent(share)} of its lateness is time spent outside communication"
+            why, slow = _lateness_verdict(r, hosts_by_rank.get(r["rank"]), bad_link_hosts, thresholds)
+        if slow:
             flagged.append(r["rank"])
         verdicts.append(why)
     return frame.with_columns(
         pl.col("rank").is_in(flagged).alias("flagged"), pl.Series("verdict", verdicts, dtype=pl.String)
     )
+
+
+def _outside_verdict(r: dict, t: Thresholds) -> tuple[str, bool]:
+    longer, steps = r["steps_longer"], r["steps"]
+    if r["outside_z"] <= t.straggler_outside_z:
+        return (
+            f"spends no longer outside communication than the others beyond step-to-step noise "
+            f"({text.duration_ms(r['excess_ms_per_step'])} per step, z {r['outside_z']:.3g} <= "
+            f"{t.straggler_outside_z:g})",
+            False,
+        )
+    if longer < t.straggler_min_steps:
+        return f"longer outside communication in only {longer} of {steps} steps (under {t.straggler_min_steps})", False
+    if r["excess_ms_per_step"] < t.straggler_min_cost_share * (r["step_ms"] or 0.0):
+        return (
+            f"{text.duration_ms(r['excess_ms_per_step'])} longer outside communication per step: under "
+            f"{text.percent(t.straggler_min_cost_share)} of a step ({text.duration_ms(r['step_ms'])})",
+            False,
+        )
+    return f"a slow rank: {outside_words(r)}", True
+
+
+def _lateness_verdict(r: dict, host, bad_link_hosts: set, t: Thresholds) -> tuple[str, bool]:
+    share = r["compute_share"] or 0.0
+    if r["outlier_score"] is None:
+        return "too few collectives to judge", False
+    if r["outlier_score"] <= t.straggler_score:
+        return f"arrives with its peers (score {r['outlier_score']:.3g} <= {t.straggler_score:g})", False
+    if r["mean_lateness_ms"] < t.straggler_min_lateness_ms:
+        late = text.duration_ms(r["mean_lateness_ms"])
+        return f"late by only {late} on average (under {text.duration_ms(t.straggler_min_lateness_ms)})", False
+    if r["times_last"] < t.straggler_min_times_last:
+        return f"last only {r['times_last']} times (under {t.straggler_min_times_last})", False
+    if share < t.straggler_min_compute_share:
+        return (
+            f"only {text.percent(share)} of its lateness is time outside communication (under "
+            f"{text.percent(t.straggler_min_compute_share)}): it starts late because its collectives end late",
+            False,
+        )
+    if host is not None and host in bad_link_hosts:
+        return f"behind the bad link of {text.clean(host)}: the link is the finding", False
+    return f"a slow rank: {text.percent(share)} of its lateness is time spent outside communication", True
 
 
 def judged_stragglers(
@@ -137,7 +184,7 @@ def diagnose(run: Run, thresholds: Thresholds = Thresholds()) -> dict:
         recording=health.findings(run),
     ).as_dict()
     named = [x["pg"] for x in report["hangs"] + report["desyncs"]] + [x["last_pg"] for x in report["dead_ranks"]]
-    report["findings"] = _sentences(report, run.group_labels(named))
+    report["findings"] = sentences(report, run.group_labels(named))
     return report
 
 
@@ -185,14 +232,10 @@ def _slow_links(run: Run, thresholds: Thresholds) -> list[SlowLink]:
 def _stragglers(run: Run, thresholds: Thresholds, hosts_by_rank: dict, behind_bad_links: set) -> list[Straggler]:
     judged = judge_stragglers(findings.stragglers(run), hosts_by_rank, behind_bad_links, thresholds)
     keys = ("rank", "times_last", "mean_lateness_ms", "p95_lateness_ms", "outlier_score", "compute_share")
+    keys += ("excess_gap_ms", "gap_score", "steps", "steps_longer", "longer_ms", "longer_spread_ms")
+    keys += ("excess_ms_per_step", "noise_ms", "outside_z", "step_ms")
     return [
-        Straggler(
-            **{k: r[k] for k in keys},
-            host=hosts_by_rank.get(r["rank"]),
-            verdict=r["verdict"],
-            excess_gap_ms=r.get("excess_gap_ms"),
-            gap_score=r.get("gap_score"),
-        )
+        Straggler(**{k: r.get(k) for k in keys}, host=hosts_by_rank.get(r["rank"]), verdict=r["verdict"])
         for r in judged.to_dicts()
         if r["flagged"]
     ]
@@ -233,156 +276,6 @@ def _dead_ranks(run: Run, thresholds: Thresholds, hosts_by_rank: dict) -> list[D
             or latest - r["last_event_ns"] > thresholds.dead_after_s * 1e9
         )
     ]
-
-
-# -- the findings in words --------------------------------------------------------------------------
-def _who(rank: int, host: str | None) -> str:
-    return f"rank {rank}" + (f" ({text.clean(host)})" if host else "")
-
-
-def _group(pg: str | None, labels: dict[str, str]) -> str:
-    label = labels.get(pg) if pg is not None else None
-    return f"group {text.clean(pg)}" + (f" ({text.clean(label)})" if label else "")
-
-
-def _gbit(gigabytes_per_s: float | None) -> str:
-    return text.bits_per_s(None if gigabytes_per_s is None else gigabytes_per_s * 1e9)
-
-
-def _link_sentences(report: dict) -> list[dict]:
-    """One entry per host with a bad link: slow (the probe), lossy (its TCP connections or totals),
-    or both; and one per interface whose NIC counted errors or drops."""
-    hosts: dict[str, dict] = {}
-    for s in report["slow_links"]:
-        hosts.setdefault(s["host"], {"interface": s["interface"]})["slow"] = s
-    for p in report["packet_loss"]:
-        if p["source"] != "net_dev":
-            entry = hosts.setdefault(p["host"], {"interface": p["interface"]})
-            entry["lossy"] = p
-            entry["interface"] = entry["interface"] or p["interface"]
-    out = []
-    for host, entry in hosts.items():
-        parts = []
-        slow, lossy = entry.get("slow"), entry.get("lossy")
-        if slow:
-            e = slow["evidence"]
-            parts.append(
-                f"the probe measured {_gbit(e['median_gbps'])} to and from its peers (best pair "
-                f"{_gbit(e['best_gbps'])}), where other pairs reach {_gbit(e['others_median_gbps'])}"
-            )
-        if lossy and lossy["source"] == "tcp_conn":
-            e = lossy["evidence"]
-            parts.append(
-                f"{lossy['loss_pct']:.3g} % of the bytes its {e['connections']} TCP connections of the job sent "
-                f"were retransmitted (each at least {e['min_loss_pct']:.3g} %; connections elsewhere "
-                f"{(e['others_median_loss_pct'] or 0):.3g} %)"
-            )
-        elif lossy:
-            parts.append(
-                f"{lossy['loss_pct']:.3g} % of its TCP segments were retransmitted (host totals: every host that "
-                "sends into a lossy link shows this; record per-connection samples to tell which)"
-            )
-        what = " and ".join(w for w, present in (("slow", slow), ("lossy", lossy)) if present)
-        where = text.clean(host) + (f" {text.clean(entry['interface'])}" if entry["interface"] else "")
-        out.append(
-            {
-                "kind": "link",
-                "host": host,
-                "interface": entry["interface"],
-                "slow": bool(slow),
-                "lossy": bool(lossy),
-                "summary": f"{where}: a {what} link: " + "; ".join(parts),
-            }
-        )
-    for p in report["packet_loss"]:
-        if p["source"] == "net_dev":
-            out.append(
-                {
-                    "kind": "nic_errors",
-                    "host": p["host"],
-                    "interface": p["interface"],
-                    "summary": f"{text.clean(p['host'])} {text.clean(p['interface'])}: {p['loss_pct']:.3g} % of "
-                    "its packets were counted as errors or drops by the NIC",
-                }
-            )
-    return out
-
-
-def _sentences(report: dict, labels: dict[str, str]) -> list[dict]:
-    """``report``'s job findings as ``{"kind", "summary", ...}``, in the order of :data:`KINDS`."""
-    out = []
-    for d in report["dead_ranks"]:
-        out.append(
-            {
-                "kind": "dead_rank",
-                "rank": d["rank"],
-                "summary": f"{_who(d['rank'], d['host'])} stopped recording without closing its trace (a crash "
-                f"or a kill); its last operation: {text.clean(d['last_op'])} seq {d['last_seq']} on "
-                f"{_group(d['last_pg'], labels)}, {text.clean(d['last_status'])}",
-            }
-        )
-    for h in report["hangs"]:
-        parts = []
-        if h["missing_ranks"]:
-            parts.append(f"ranks {text.ranks(h['missing_ranks'])} never issued it")
-        if h["stuck_ranks"]:
-            parts.append(f"ranks {text.ranks(h['stuck_ranks'])} are stuck in it")
-        out.append(
-            {
-                "kind": "hang",
-                "pg": h["pg"],
-                "seq": h["seq"],
-                "summary": f"{_group(h['pg'], labels)} stopped at seq {h['seq']} ({text.clean(h['op'] or '?')}): "
-                + ", ".join(parts),
-            }
-        )
-    for d in report["desyncs"]:
-        if d["kind"] == "op":
-            what = f"called {text.clean(d['culprit_op'])} where the others called {text.clean(d['expected_op'])}"
-        else:
-            what = f"called {text.clean(d['culprit_op'])} with a different {d['kind']} from the others"
-        out.append(
-            {
-                "kind": "desync",
-                "pg": d["pg"],
-                "seq": d["seq"],
-                "rank": d["culprit_rank"],
-                "summary": f"{_group(d['pg'], labels)} seq {d['seq']}: rank {d['culprit_rank']} {what}",
-            }
-        )
-    out += _link_sentences(report)
-    for s in report["stragglers"]:
-        out.append(
-            {
-                "kind": "straggler",
-                "rank": s["rank"],
-                "summary": f"{_who(s['rank'], s['host'])} arrived last at {s['times_last']} collectives, "
-                f"{text.duration_ms(s['mean_lateness_ms'])} late on average (p95 "
-                f"{text.duration_ms(s['p95_lateness_ms'])}, score {s['outlier_score']:.3g}); "
-                f"{text.percent(s['compute_share'])} of its lateness is time spent outside communication",
-            }
-        )
-    return out
-
-
-def describe(report: dict) -> list[str]:
-    """diagnose's report for people: the job's findings, then the recording's health, a sentence each."""
-    hosts = ", ".join(text.clean(h) for h in report["hosts"]) or "?"
-    lines = [f"run {text.clean(report['run_id'])}: world size {report['world_size']}, hosts {hosts}", ""]
-    job = report["findings"]
-    if job:
-        lines.append(f"the job: {len(job)} finding{'s' if len(job) > 1 else ''}")
-        lines += [f"  - {f['kind'].replace('_', ' ')}: {f['summary']}" for f in job]
-    else:
-        lines.append("the job: nothing flagged (no straggler, slow or lossy link, hang, desync or dead rank)")
-    lines.append("")
-    recording = report["recording"] + [{"kind": problem_kind(p), "summary": text.clean(p)} for p in report["problems"]]
-    if recording:
-        lines.append(f"the recording: {len(recording)} thing{'s' if len(recording) > 1 else ''} to know")
-        lines += [f"  - {f['kind'].replace('_', ' ')}: {f['summary']}" for f in recording]
-    else:
-        lines.append("the recording: nothing to report (no rank missing, nothing dropped, clock offsets measured)")
-    return lines
 
 
 def flagged(report: dict) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import polars as pl
 
 from analysis.load import Run, remembered
+from analysis.outside import outside
 from analysis.vocabulary import P2P_OPS_SQL
 
 
@@ -85,7 +86,8 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
     A slow link lengthens every rank's collectives, not one rank's gaps, so the gaps are the signal a
     network fault can neither fake nor hide: ``excess_gap_ms`` is the rank's mean gap minus the
     median of the other ranks' mean gaps, and ``gap_score`` the same robust score as above, over the
-    mean gaps.
+    mean gaps. The columns of :func:`analysis.outside.outside` follow: the same signal step by step
+    (what diagnose judges stragglers on).
     """
     per_rank = run.sql(
         f"""
@@ -143,6 +145,7 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
             pl.Series("excess_gap_ms", _excess_over_others(gaps), dtype=pl.Float64),
             pl.Series("gap_score", _outlier_scores(gaps), dtype=pl.Float64),
         )
+        .join(outside(run), on="rank", how="left")
     )
 
 

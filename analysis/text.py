@@ -127,8 +127,9 @@ SUMMARY_COLUMNS = ["pg", "group", "op", "family", "ranks", "events", "size_bytes
 SUMMARY_COLUMNS += ["p50_ms", "p95_ms", "max_ms", "not_ok"]
 COLLECTIVES_COLUMNS = ["pg", "group", "op", "family", "pg_size", "size_bucket", "count", "bytes"]
 COLLECTIVES_COLUMNS += ["p50_ms", "p95_ms", "p99_ms", "algbw_GBps", "busbw_GBps"]
-STRAGGLERS_COLUMNS = ["rank", "host", "flagged", "collectives", "times_last", "mean_lateness_ms", "p95_lateness_ms"]
-STRAGGLERS_COLUMNS += ["outlier_score", "mean_gap_ms", "excess_gap_ms", "gap_score", "compute_share", "verdict"]
+STRAGGLERS_COLUMNS = ["rank", "host", "flagged", "steps", "steps_longer", "longer_ms", "longer_spread_ms"]
+STRAGGLERS_COLUMNS += ["excess_ms_per_step", "outside_z", "times_last", "mean_lateness_ms", "p95_lateness_ms"]
+STRAGGLERS_COLUMNS += ["outlier_score", "verdict"]
 
 # Column names carry their unit; the header a person reads, and how a cell is written, follow from it.
 _HEADERS = {
@@ -144,6 +145,11 @@ _HEADERS = {
     "mean_gap_ms": "mean gap",
     "excess_gap_ms": "gap over others",
     "gap_score": "gap score",
+    "steps_longer": "steps longer",
+    "longer_ms": "longer by",
+    "longer_spread_ms": "±",
+    "excess_ms_per_step": "excess per step",
+    "outside_z": "z",
     "not_ok": "not ok",
     "missing_ranks": "never issued it",
     "stuck_ranks": "stuck in it",

@@ -3,7 +3,8 @@
 What a user without commtrace would write: read every rank's Parquet segments into one DataFrame,
 move each rank's timestamps onto rank 0's clock, then groupby/merge for each finding (instances,
 stragglers, hangs, desyncs, per-interface counters, TCP loss, last event per rank). The same
-formulas and thresholds as analysis/findings.py and analysis/diagnose.py; prints the flagged
+formulas and thresholds as analysis/findings.py, analysis/outside.py and analysis/diagnose.py
+(stragglers judged on their time outside communication per step); prints the flagged
 stragglers, hangs and desyncs as JSON.
 
     python benchmarks/pandas_diagnose.py RUN_DIR
@@ -93,6 +94,25 @@ def stragglers(coll: pd.DataFrame, inst: pd.DataFrame, min_skew_ms: float = 1.0)
     return per_rank.reset_index()
 
 
+def outside(df: pd.DataFrame) -> pd.DataFrame:
+    """Per rank: time with nothing in flight per step against the other ranks' (analysis/outside.py),
+    steps as marked (or each collective of the default group)."""
+    o = df.sort_values(["rank", "t_start_ns", "seq"])
+    before = o.groupby("rank")["t_end_ns"].shift()
+    o["gap"] = (o["t_start_ns"] - before.groupby(o["rank"]).cummax()).clip(lower=0).fillna(0)
+    if o["step"].notna().any():
+        o["step_id"] = o["step"]
+    else:
+        o["step_id"] = (o["pg"] == "0").astype(int).groupby(o["rank"]).cumsum()
+    per = o.groupby(["step_id", "rank"])["gap"].sum().reset_index()
+    per = per[per.groupby("step_id")["rank"].transform("size") == per["rank"].nunique()]
+    per["excess_ms"] = (per["gap"] - per.groupby("step_id")["gap"].transform("median")) / 1e6
+    noise = max(1.4826 * per["excess_ms"].abs().median(), 0.05)
+    out = per.groupby("rank")["excess_ms"].agg(["mean", "size"]).reset_index()
+    out["outside_z"] = out["mean"] / (noise / np.sqrt(out["size"]))
+    return out
+
+
 def hangs(coll: pd.DataFrame, inst: pd.DataFrame, metas: dict) -> list[dict]:
     members: dict[str, set[int]] = {}
     for meta in metas.values():
@@ -167,13 +187,8 @@ def main() -> None:
     df, nic, metas = load(run)
     coll = df[~df["op"].isin(P2P)]
     inst = instances(coll)
-    per_rank = stragglers(coll, inst)
-    flagged = per_rank[
-        (per_rank["outlier_score"] > 3.5)
-        & (per_rank["mean_lateness_ms"] >= 1.0)
-        & (per_rank["times_last"] >= 3)
-        & (per_rank["compute_share"] >= 0.5)
-    ]
+    per_rank = stragglers(coll, inst).merge(outside(df), on="rank", how="left")
+    flagged = per_rank[per_rank["outside_z"] > 5]
     deltas = counter_deltas(nic) if len(nic) else nic
     net = network(deltas) if len(deltas) else pd.DataFrame()
     loss = tcp_loss(deltas) if len(deltas) else pd.DataFrame()

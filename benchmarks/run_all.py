@@ -7,7 +7,8 @@ each figure against its target (../shared/DESIGN.md, Numbers).
     python benchmarks/run_all.py [--only overhead,ddp,...] [--out BENCHMARKS.md]
 
 Takes about 25 minutes on 2 cores, most of it generating and analysing the 2e8-event run (once:
-it is kept in --scratch and reused) and the 20 DeepSpeed jobs. With ``--only``, the benchmarks not
+it is kept in --scratch and reused) and the 20 DeepSpeed jobs; as root, 15 minutes more of network lab runs
+(a straggler and a bad link at once). With ``--only``, the benchmarks not
 chosen keep the figures the existing file holds (its raw results), each row saying when and at which
 commit it was measured.
 """
@@ -30,6 +31,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from footprint import trace_footprint  # noqa: E402
+
+sys.path.insert(0, ROOT)
+from lab.network import lab_available  # noqa: E402
 
 
 def _run(command: list[str], timeout: float = 3600) -> list[dict]:
@@ -86,6 +90,7 @@ GROUPS = {
     "scale": ["scale"],
     "out_of_core": ["out_of_core"],
     "segments": ["segments"],
+    "lab": ["lab_combined"],
 }
 STAMPS = "_measured"  # raw results' key for when and at which commit each was measured
 
@@ -121,11 +126,38 @@ def _spread(low, mid, high, unit: str) -> str:
     return f"{mid}{unit} (min {low}, max {high})"
 
 
+def _lab_rows(measure, add, raw: dict, py: str) -> None:
+    """Diagnosis in the network lab with a straggler and a bad link at once (benchmarks/lab_accuracy.py)."""
+    command = [py, "benchmarks/lab_accuracy.py", "--combined", "40", "--seed", "2"]
+    measured = raw["lab_combined"] = measure("lab_combined", command, timeout=7200)
+    *buckets, summary = measured
+    for b in buckets:
+        figure = f"named in {b['named']} of {b['runs']} runs ({b['with_link']} with a slow or lossy link too); "
+        figure += f"runs with anything else flagged: {b['runs_with_false_positives']}"
+        if b["estimate_error_pct_max"] is not None:
+            figure += f"; extra time estimated within {b['estimate_error_pct_max']} % of the pauses as they took"
+            figure += f" (median {b['estimate_error_pct_median']} %), {b['estimate_vs_asked_pct_max']} % of those asked"
+        met = b["named"] == b["runs"] and not b["runs_with_false_positives"]
+        met = met and (b["estimate_error_pct_max"] or 0) <= 25
+        what = f"lab, combined faults: a straggler pausing {b['bucket']} of the step time"
+        add(what, command, figure, "all named, nothing else, within 25 %", met)
+    s = summary
+    figure = f"{s['runs']} runs on {', '.join(map(str, s['hosts']))} hosts (a healthy step: "
+    figure += ", ".join(f"{v} ms with {k} hosts" for k, v in s["healthy_step_ms"].items())
+    figure += f"): stragglers named {s['stragglers_named']}/{s['stragglers']}, smallest named in every run "
+    figure += f"{s['smallest_named_in_every_run_pct']} % of a step; links named {s['links_named']}/{s['links']}; "
+    figure += f"{s['healthy_runs']} healthy runs, {s['clock_shifted_runs']} with a shifted clock; runs with a false "
+    figure += f"positive: {s['runs_with_false_positives']}"
+    met = s["stragglers_named"] == s["stragglers"] and s["links_named"] == s["links"]
+    met = met and not s["runs_with_false_positives"]
+    add("lab, combined faults: every run", command, figure, "every fault named, nothing else", met)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--only",
-        help="comma-separated: overhead, profile, ddp, frameworks, sampler, memory, scale, out_of_core, segments",
+        help="comma-separated: overhead, profile, ddp, frameworks, sampler, memory, scale, out_of_core, segments, lab",
     )
     parser.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     parser.add_argument("--scratch", default="/tmp", help="where the synthetic runs are generated and kept")
@@ -322,6 +354,8 @@ def main() -> None:
             "< 60 s, named",
             r["diagnose_s"] < 60 and r["skipped_named"],
         )
+    if want("lab") and (chosen is not None or lab_available() is None):
+        _lab_rows(measure, add, raw, py)
     if want("out_of_core"):
         command = [py, "benchmarks/analysis_out_of_core.py", "--run", big_run, "--memory-limit", "2GB"]
         (r,) = raw["out_of_core"] = measure("out_of_core", command, timeout=7200)

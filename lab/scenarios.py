@@ -29,6 +29,8 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 
 from lab.network import Lab, lab_available
 
@@ -44,6 +46,75 @@ def _free_port() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return str(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Faults:
+    """What is wrong in one lab run; any combination. Hosts and ranks are the same index (one rank per host).
+
+    ``straggler``: that rank computes ``delay_ms`` longer before every ``every``-th step.
+    ``link``: that host's link is ``link_kind`` "slow" (tbf at ``rate_mbit``) or "lossy" (tbf at 500
+    Mbit with a queue of ~13 packets: bursts overflow it). ``shifted``: that host's wall clock reads
+    ``shift_ms`` ahead.
+    """
+
+    straggler: int | None = None
+    delay_ms: float = 100.0
+    every: int = 2
+    link: int | None = None
+    link_kind: str = "slow"
+    rate_mbit: float = 100.0
+    shifted: int | None = None
+    shift_ms: float = 400.0
+
+    def injected(self) -> dict:
+        """What is wrong, and nothing else (no setting of a fault not injected)."""
+        out: dict = {}
+        if self.straggler is not None:
+            out.update(straggler=self.straggler, delay_ms=self.delay_ms, every=self.every)
+        if self.link is not None:
+            out.update(link=self.link, link_kind=self.link_kind)
+            if self.link_kind == "slow":
+                out["rate_mbit"] = self.rate_mbit
+        if self.shifted is not None:
+            out.update(shifted=self.shifted, shift_ms=self.shift_ms)
+        return out
+
+    def knobs(self, hosts: int) -> dict[int, dict[str, str]]:
+        """Each rank's LAB_* environment (lab/jobs/knobs.py)."""
+        knobs: dict[int, dict[str, str]] = {rank: {} for rank in range(hosts)}
+        if self.straggler is not None:
+            for rank in range(hosts):
+                knobs[rank].update(
+                    LAB_SLEEP_RANK=str(self.straggler), LAB_SLEEP_MS=str(self.delay_ms), LAB_SLEEP_EVERY=str(self.every)
+                )
+        if self.shifted is not None:
+            knobs[self.shifted]["LAB_CLOCK_SHIFT_MS"] = str(self.shift_ms)
+        return knobs
+
+
+def scenario_faults(
+    scenario: str,
+    culprit: int,
+    hosts: int,
+    rng: random.Random,
+    rate_mbit: float = 100.0,
+    delay_ms: float = 100.0,
+    shift_ms: float = 400.0,
+) -> Faults:
+    """The faults of one named scenario, its culprit given."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})")
+    if scenario == "slow-link":
+        return Faults(link=culprit, link_kind="slow", rate_mbit=rate_mbit)
+    if scenario == "lossy":
+        return Faults(link=culprit, link_kind="lossy")
+    if scenario == "straggler":
+        return Faults(straggler=culprit, delay_ms=delay_ms)
+    if scenario == "clock-shift":
+        shifted = rng.choice([h for h in range(hosts) if h != culprit])
+        return Faults(straggler=culprit, delay_ms=delay_ms, shifted=shifted, shift_ms=shift_ms)
+    return Faults()
 
 
 def run(
@@ -63,28 +134,50 @@ def run(
     """Run one scenario; returns what was injected and where the trace is."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})")
+    rng = random.Random(seed)
+    culprit = rng.randrange(hosts) if culprit is None else culprit
+    faults = scenario_faults(scenario, culprit, hosts, rng, rate_mbit, delay_ms, shift_ms)
+    info = record(faults, out_dir, run_id, hosts, WORKLOADS[workload], timeout_s, tag)
+    return {
+        "scenario": scenario,
+        "workload": workload,
+        "culprit": None
+        if scenario == "healthy"
+        else {"host": culprit, "hostname": info["hostnames"][culprit], "rank": culprit},
+        "shifted_rank": faults.shifted,
+        **info,
+    }
+
+
+def record(
+    faults: Faults,
+    out_dir: str,
+    run_id: str | None = None,
+    hosts: int = 3,
+    job: list[str] | None = None,
+    timeout_s: float = 300.0,
+    tag: str | None = None,
+) -> dict:
+    """Record one real job (``job``: a script of lab/jobs/ and its arguments) on ``hosts`` lab hosts with
+    ``faults``; returns the hosts' names, the run directory and the straggler's pauses as they took."""
     why = lab_available()
     if why:
         raise RuntimeError(why)
-    rng = random.Random(seed)
-    culprit = rng.randrange(hosts) if culprit is None else culprit
-    shifted = rng.choice([h for h in range(hosts) if h != culprit]) if scenario == "clock-shift" else None
-    knobs: dict[int, dict[str, str]] = {rank: {} for rank in range(hosts)}
-    if scenario in ("straggler", "clock-shift"):
-        for rank in range(hosts):
-            knobs[rank].update(LAB_SLEEP_RANK=str(culprit), LAB_SLEEP_MS=str(delay_ms))
-    if shifted is not None:
-        knobs[shifted]["LAB_CLOCK_SHIFT_MS"] = str(shift_ms)
+    knobs = faults.knobs(hosts)
     os.makedirs(out_dir, exist_ok=True)
+    handle, pauses = tempfile.mkstemp(prefix="lab-pauses-", suffix=".txt")
+    os.close(handle)
+    if faults.straggler is not None:
+        knobs[faults.straggler]["LAB_PAUSES_FILE"] = pauses
     with Lab(hosts, tag=tag) as lab:
-        if scenario == "slow-link":
-            lab.shape(culprit, rate_mbit)
-        elif scenario == "lossy":
-            lab.shape(culprit, 500, limit_bytes=20000)
+        if faults.link is not None and faults.link_kind == "slow":
+            lab.shape(faults.link, faults.rate_mbit)
+        elif faults.link is not None:
+            lab.shape(faults.link, 500, limit_bytes=20000)
         port = _free_port()
         base = {k: v for k, v in os.environ.items() if not k.startswith(("COMMTRACE_", "LAB_", "PYTEST"))}
         procs = []
-        script, *args = WORKLOADS[workload]
+        script, *args = job or WORKLOADS["ddp"]
         for rank in range(hosts):
             env = {
                 **base,
@@ -113,6 +206,9 @@ def run(
             if proc.returncode != 0:
                 failures.append(f"rank {rank} exited {proc.returncode}: {out[-2000:]}")
         hostnames = list(lab.hostnames)
+    with open(pauses) as fh:
+        paused = [float(line) for line in fh if line.strip()]
+    os.unlink(pauses)
     if failures:
         raise RuntimeError("; ".join(failures))
     runs = sorted(
@@ -120,14 +216,9 @@ def run(
         key=os.path.getmtime,
     )
     return {
-        "scenario": scenario,
-        "workload": workload,
-        "culprit": None
-        if scenario == "healthy"
-        else {"host": culprit, "hostname": hostnames[culprit], "rank": culprit},
-        "shifted_rank": shifted,
         "hostnames": hostnames,
         "run": os.path.join(out_dir, run_id) if run_id else runs[-1],
+        "pauses_ms": paused,  # the straggler's pauses as they really took
     }
 
 

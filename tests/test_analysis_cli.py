@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -232,9 +233,11 @@ def test_text_output_says_each_finding_in_a_sentence():
 def test_stragglers_table_says_who_is_flagged_and_why():
     straggler = _cli("stragglers", str(ROOT / "sample_traces" / "straggler")).stdout
     rows = {int(line.split()[0]): line for line in straggler.splitlines() if line[:4].strip().isdigit()}
-    assert "  yes  " in rows[0] and "a slow rank: 100 % of its lateness is time spent outside communication" in rows[0]
-    assert all("  no  " in rows[r] and "arrives with its peers" in rows[r] for r in (1, 2))
-    assert "A straggler has a score above 3.5" in straggler
+    # the sample's straggler pauses 100 ms before every other all_reduce
+    assert "  yes  " in rows[0] and re.search(r"a slow rank: spent 10\d ms \(±\d+ µs\) more outside", rows[0])
+    assert "in 10 of 26 steps" in rows[0]
+    assert all("  no  " in rows[r] and "no longer outside communication than the others" in rows[r] for r in (1, 2))
+    assert "A straggler has z above 5" in straggler
     # behind a lossy link, lateness is the link's: the table says which gate a late rank did not pass
     lossy = json.loads(_cli("stragglers", str(ROOT / "sample_traces" / "lossy"), "--format", "json").stdout)
     assert not any(r["flagged"] for r in lossy) and all(r["verdict"] for r in lossy)

@@ -139,3 +139,49 @@ def test_straggler_is_named_with_its_lateness(tmp_trace):
 def test_shifted_clock_still_names_the_straggler_and_no_other(tmp_trace):
     slow, report = _straggler_run(tmp_trace, shift_another=True)
     _assert_straggler(slow, report, tmp_trace)
+
+
+COMBINED_JOB = ["ddp_train.py", "--steps", "20", "--hidden", "128", "--data-ms", "40"]
+
+
+@pytest.mark.parametrize(
+    "link_kind, same_host, pause_ms",
+    [("lossy", True, 10.0), ("slow", False, 5.0)],
+    ids=["lossy-link-on-the-stragglers-host", "slow-link-elsewhere"],
+)
+def test_a_straggler_and_a_bad_link_at_once_are_both_named(tmp_path, link_kind, same_host, pause_ms):
+    """A DDP job whose every step takes ~50 ms (a 40 ms wait for its batch): one rank pauses 10 % or
+    20 % of a step longer every step while a link is lossy (on the straggler's own host) or slow (on
+    another). The link and the straggler are named, nothing else, and the straggler's extra time is
+    measured against its pauses as they really took."""
+    from lab.scenarios import Faults, record
+
+    hosts = 4
+    rng = random.Random()
+    straggler = rng.randrange(hosts)
+    link = straggler if same_host else rng.choice([h for h in range(hosts) if h != straggler])
+    faults = Faults(straggler=straggler, delay_ms=pause_ms, every=1, link=link, link_kind=link_kind)
+    info = record(faults, str(tmp_path / "trace"), hosts=hosts, job=COMBINED_JOB)
+    proc = subprocess.run(
+        [sys.executable, "-m", "analysis.cli", "diagnose", info["run"], "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    culprit = info["hostnames"][link]
+    where = (straggler, link, report["findings"])
+    assert [(f["kind"], f.get("host"), f.get("rank")) for f in report["findings"]] == [
+        ("link", culprit, None),
+        ("straggler", None, straggler),
+    ], where
+    if link_kind == "slow":
+        assert [s["host"] for s in report["slow_links"]] == [culprit] and not report["packet_loss"], where
+    else:
+        assert [p["host"] for p in report["packet_loss"]] == [culprit], where
+    (named,) = report["stragglers"]
+    paused = sum(info["pauses_ms"]) / len(info["pauses_ms"])
+    assert 0.75 * paused <= named["longer_ms"] <= 1.25 * paused, (paused, named)
+    assert named["steps_longer"] >= 0.75 * named["steps"], named
+    assert f"more outside communication than the median rank, in {named['steps_longer']} of" in named["verdict"]

@@ -36,7 +36,7 @@ def test_report_is_one_self_contained_file(report):
     assert not re.search(r"(src|href)=\"(?!data:)", text)
     assert "@import" not in text and "url(" not in text
     # what diagnose found, and the baseline it was compared against
-    assert "<b>straggler</b>: rank 0 (labs-host0) arrived last at" in text
+    assert "<b>straggler</b>: rank 0 (labs-host0) spent 10" in text and "more outside communication" in text
     assert "The recording is complete." in text and "<h2>The recording</h2>" in text
     assert "straggler against healthy" in text and "The baseline, healthy" in text
 

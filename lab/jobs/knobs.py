@@ -3,6 +3,8 @@
   LAB_SLEEP_RANK, LAB_SLEEP_MS  that rank computes this much longer before every other step
   LAB_SLEEP_EVERY               ... before every Nth step instead (1: every step; default 2)
   LAB_CLOCK_SHIFT_MS            this process's wall clock reads that much ahead (a host whose clock is off)
+  LAB_PAUSES_FILE               the straggler appends each pause as it really took, in ms, one per line
+                                (a sleep overshoots on a loaded machine: what an estimate is judged against)
 
 Call ``shift_clock()`` before importing torch: every wall-clock read in Python, the recorder's
 included, must see the shifted clock.
@@ -27,4 +29,9 @@ def straggle(rank: int, step: int) -> None:
     LAB_SLEEP_RANK names."""
     every = max(int(os.environ.get("LAB_SLEEP_EVERY", "2")), 1)
     if step % every == every - 1 and int(os.environ.get("LAB_SLEEP_RANK", "-1")) == rank:
+        start = time.monotonic()
         time.sleep(float(os.environ.get("LAB_SLEEP_MS", "0")) / 1e3)
+        pauses = os.environ.get("LAB_PAUSES_FILE")
+        if pauses:
+            with open(pauses, "a") as out:
+                out.write(f"{(time.monotonic() - start) * 1e3:.4f}\n")
