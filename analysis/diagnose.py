@@ -62,7 +62,7 @@ from analysis.contract import (
     Straggler,
 )
 from analysis.load import Run
-from analysis.sentences import outside_words, sentences
+from analysis.sentences import describe, outside_words, sentences  # noqa: F401  (diagnose.describe: the report for people)
 from analysis.vocabulary import KINDS
 
 
