@@ -53,16 +53,20 @@ def _gaps_sql(run: Run, where: str = "TRUE", step_of: str = "NULL") -> str:
 
 def _step_group(run: Run) -> tuple[str, int] | None:
     """(group, its lowest member): the group every rank belongs to that ran the most collectives."""
-    world = run.world_size or 0
     row = run.sql(
-        """
-        SELECT pg, min(rank) AS low FROM raw_collectives
-        WHERE op NOT IN ('send', 'recv', 'recv_anysource') AND pg_size >= ?
-        GROUP BY pg ORDER BY count(*) DESC, pg LIMIT 1
-    """,
-        [world],
+        "SELECT pg, count(*) AS n FROM instances WHERE pg_size >= ? GROUP BY pg ORDER BY n DESC, pg LIMIT 1",
+        [run.world_size or 0],
     )
-    return (row["pg"][0], int(row["low"][0])) if row.height else None
+    if not row.height:
+        return None
+    pg = row["pg"][0]
+    members = run.members.get(pg)
+    low = (
+        min(members)
+        if members
+        else run.sql("SELECT min(rank) AS low FROM raw_collectives WHERE pg = ?", [pg])["low"][0]
+    )
+    return pg, int(low)
 
 
 def _period(signature: np.ndarray, gaps: np.ndarray) -> tuple[int, int]:
@@ -83,30 +87,32 @@ def _period(signature: np.ndarray, gaps: np.ndarray) -> tuple[int, int]:
     return period, int(np.argmax(medians))
 
 
-def _step_sql(run: Run) -> str | None:
+def _step_sql(run: Run) -> list[str]:
     """SQL of each operation's step, for a query over the rank's operations in issue order (the
-    window ``so_far``); None where the run's steps cannot be told."""
-    marked = run.sql("SELECT count(DISTINCT rank) FILTER (WHERE step IS NOT NULL) AS n FROM raw_collectives")
-    if run.world_size and marked["n"][0] >= run.world_size:
-        return "step"
+    window ``so_far``): the steps as marked, where the step group's lowest member marked them, then
+    the steps inferred; the first that every rank took part in is used. Empty where the run's steps
+    cannot be told."""
     found = _step_group(run)
     if found is None:
-        return None
+        low = min(run.ranks) if run.ranks else 0
+        marked = run.sql("SELECT count(step) AS n FROM raw_collectives WHERE rank = ?", [low])["n"][0]
+        return ["step"] if marked else []
     pg, low = found
     rows = run.sql(
         f"""
-        SELECT seq, hash(op, bytes_in) AS signature, gap_ns FROM ({_gaps_sql(run, "rank = ?")})
+        SELECT seq, hash(op, bytes_in) AS signature, gap_ns, step_id FROM ({_gaps_sql(run, "rank = ?", "step")})
         WHERE pg = ? ORDER BY seq LIMIT {_PERIODS_SEEN}
     """,
         [low, pg],
     )
     if rows.height < 2:
-        return None
+        return []
     period, phase = _period(rows["signature"].to_numpy(), rows["gap_ns"].cast(pl.Float64).fill_null(np.nan).to_numpy())
     first = int(rows["seq"][0]) + phase
     quoted = "'" + pg.replace("'", "''") + "'"
     boundary = f"pg = {quoted} AND seq >= {first} AND (seq - {first}) % {period} = 0"
-    return f"max(CASE WHEN {boundary} THEN (seq - {first}) // {period} END) OVER so_far"
+    inferred = f"max(CASE WHEN {boundary} THEN (seq - {first}) // {period} END) OVER so_far"
+    return (["step"] if rows["step_id"].null_count() < rows.height else []) + [inferred]
 
 
 @remembered
@@ -114,10 +120,16 @@ def steps_outside(run: Run) -> pl.DataFrame:
     """Per step and rank: quiet_ms (time with no operation in flight), excess_ms (that minus the
     median of the other ranks' in the same step), step_ms (from this step's first issue to the
     next's, on this rank). Steps every rank took part in, only."""
-    step_of = _step_sql(run)
-    if step_of is None:
-        schema = {"step": pl.Int64, "rank": pl.Int32, "quiet_ms": pl.Float64, "excess_ms": pl.Float64}
-        return pl.DataFrame(schema={**schema, "step_ms": pl.Float64})
+    schema = {"step": pl.Int64, "rank": pl.Int32, "quiet_ms": pl.Float64, "excess_ms": pl.Float64}
+    found = pl.DataFrame(schema={**schema, "step_ms": pl.Float64})
+    for step_of in _step_sql(run):
+        found = _per_step(run, step_of)
+        if found["rank"].n_unique() >= (run.world_size or 0):
+            break  # every rank took part in these steps (else: some ranks did not mark theirs)
+    return found
+
+
+def _per_step(run: Run, step_of: str) -> pl.DataFrame:
     below = 256
     return run.sql(f"""
         WITH events AS ({_gaps_sql(run, step_of=step_of)}),
