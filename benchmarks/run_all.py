@@ -137,10 +137,11 @@ def _lab_rows(measure, add, raw: dict, py: str) -> None:
         if b["estimate_error_pct_max"] is not None:
             figure += f"; extra time estimated within {b['estimate_error_pct_max']} % of the pauses as they took"
             figure += f" (median {b['estimate_error_pct_median']} %), {b['estimate_vs_asked_pct_max']} % of those asked"
+        # the goal is stated against the pause injected (asked); the pause as it took is shown beside it
         met = b["named"] == b["runs"] and not b["runs_with_false_positives"]
-        met = met and (b["estimate_error_pct_max"] or 0) <= 25
+        met = met and (b["estimate_vs_asked_pct_max"] or 0) <= 25
         what = f"lab, combined faults: a straggler pausing {b['bucket']} of the step time"
-        add(what, command, figure, "all named, nothing else, within 25 %", met)
+        add(what, command, figure, "all named, nothing else, within 25 % of the pause injected", met)
     s = summary
     figure = f"{s['runs']} runs on {', '.join(map(str, s['hosts']))} hosts (a healthy step: "
     figure += ", ".join(f"{v} ms with {k} hosts" for k, v in s["healthy_step_ms"].items())
