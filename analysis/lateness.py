@@ -79,9 +79,9 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
     clipped to [0, 1]: near 1, the rank is late because it spent longer outside communication (a
     slow rank); near 0, because its communication ended late (the network). Where a rank's
     collectives overlap (asynchronous ones, DDP's gradient buckets) the gaps overlap too and the
-    share understates; diagnose therefore gates on it loosely (0.25). The mean gap is
-    computed without ordering the events: over a rank's n collectives, the sum of the gaps is
-    (sum of starts - first start) - (sum of ends - last end).
+    share understates; diagnose gates on it loosely (0.25), and only where the run's steps cannot
+    be told (analysis.outside). The mean gap is computed without ordering the events: over a rank's
+    n collectives, the sum of the gaps is (sum of starts - first start) - (sum of ends - last end).
 
     A slow link lengthens every rank's collectives, not one rank's gaps, so the gaps are the signal a
     network fault can neither fake nor hide: ``excess_gap_ms`` is the rank's mean gap minus the

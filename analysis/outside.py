@@ -167,7 +167,7 @@ def _split(excess: np.ndarray, floor: float) -> np.ndarray:
     """Which of a rank's steps show its extra time: those above a threshold halfway between the mean
     of the steps above it and of those below (iterated: the two-class split of a histogram), and
     never under ``floor``. A rank that pauses every few steps shows in those steps alone, and the
-    mean over them is the pause."""
+    median over them is the pause."""
     threshold = floor
     for _ in range(20):
         above, below = excess[excess >= threshold], excess[excess < threshold]

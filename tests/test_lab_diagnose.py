@@ -104,16 +104,15 @@ def test_lossy_link_names_the_host_alone(tmp_trace):
 STRAGGLER_MS = 60.0
 
 
-def _straggler_run(tmp_trace, shift_another: bool = False) -> tuple[int, dict]:
-    """A random rank sleeps before every other all_reduce; with ``shift_another``, another random
-    rank's clock reads 400 ms ahead (uncorrected, that punctual rank would look 400 ms late)."""
+def _straggler_run(tmp_trace) -> tuple[int, dict]:
+    """A random rank sleeps before every other all_reduce, and another random rank's clock reads
+    400 ms ahead (uncorrected, that punctual rank would look 400 ms late)."""
     rng = random.Random()
     slow = rng.randrange(HOSTS)
     knobs = {"LAB_SLEEP_RANK": str(slow), "LAB_SLEEP_MS": str(STRAGGLER_MS)}
     per_rank = {rank: dict(knobs) for rank in range(HOSTS)}
-    if shift_another:
-        shifted = rng.choice([r for r in range(HOSTS) if r != slow])
-        per_rank[shifted]["LAB_CLOCK_SHIFT_MS"] = "400"
+    shifted = rng.choice([r for r in range(HOSTS) if r != slow])
+    per_rank[shifted]["LAB_CLOCK_SHIFT_MS"] = "400"
     with Lab(HOSTS) as lab:
         _run_job(lab, tmp_trace, iterations=12, megabytes=0.5, per_rank=per_rank)
     return slow, _diagnose(tmp_trace)
@@ -133,7 +132,7 @@ def _assert_straggler(slow: int, report: dict, trace_dir) -> None:
 def test_straggler_is_named_with_its_lateness_and_a_shifted_clock_names_no_other(tmp_trace):
     """(A straggler alone on a healthy network is this run with the clocks right; the combined-fault
     runs below name stragglers on the same signal.)"""
-    slow, report = _straggler_run(tmp_trace, shift_another=True)
+    slow, report = _straggler_run(tmp_trace)
     _assert_straggler(slow, report, tmp_trace)
     assert not report["slow_links"] and not report["packet_loss"], report
 
