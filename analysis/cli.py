@@ -12,12 +12,14 @@
     analyze-trace report RUN_DIR [--compare BASELINE] -o report.html   one HTML file: plots and findings
     analyze-trace diagnose RUN_DIR [--fail-on-problem] [--fail-on-recording]   what went wrong, in words
     analyze-trace compare RUN_A RUN_B [--threshold 0.1] [--fail-on-regression]
+    analyze-trace watch DIR [--interval 2] [--once]   a running job, refreshed as its files land
 
-Every subcommand takes ``--format table|json|csv``: tables are for people (units in the headers,
-sizes and durations in the units that read best, ``analysis.text``), JSON and CSV for scripts (their
-column names only ever gain new ones). Exit codes: 0 success; 1 when ``diagnose --fail-on-problem``
-(the job's faults), ``diagnose --fail-on-recording`` (the recording's own health) or ``compare
---fail-on-regression`` finds something; 2 bad input (one line on stderr, no traceback).
+Every subcommand takes ``--format table|json|csv`` (``watch``: table or json): tables are for people
+(units in the headers, sizes and durations in the units that read best, ``analysis.text``), JSON and
+CSV for scripts (their column names only ever gain new ones). Exit codes: 0 success; 1 when
+``diagnose --fail-on-problem`` (the job's faults), ``diagnose --fail-on-recording`` (the recording's
+own health), ``compare --fail-on-regression`` or ``watch``'s same flags find something; 2 bad input
+(one line on stderr, no traceback).
 """
 
 from __future__ import annotations
@@ -134,6 +136,40 @@ COMMANDS = (
                 },
             ),
         ),
+    ),
+    Command(
+        "watch",
+        C.cmd_watch,
+        "a running job, refreshed as its segments land: progress, hangs, bandwidth, stragglers, hosts",
+        "analyze-trace watch $COMMTRACE_DIR --interval 5",
+        (
+            ("run", {"help": "a run directory, or a COMMTRACE_DIR (its newest run, then the next one)"}),
+            ("--format", {"choices": ("table", "json"), "default": "table", "help": "json: one object a refresh"}),
+            ("--interval", {"type": float, "default": 2.0, "help": "seconds between refreshes (default 2)"}),
+            (
+                "--window",
+                {"type": float, "default": 10.0, "help": "seconds of the latest events the verdicts are over (10)"},
+            ),
+            (
+                "--hang-after",
+                {"type": float, "default": 30.0, "help": "suspect a hang past this long in flight (30)"},
+            ),
+            (
+                "--stale-after",
+                {"type": float, "help": "a rank whose live file has not changed this long stopped writing "
+                 "(default: 5 flushes or 3 refreshes)"},
+            ),
+            ("--once", {"action": "store_true", "help": "print one frame and exit (diagnose's exit codes)"}),
+            ("--fail-on-problem", {"action": "store_true", "help": "exit 1 when the job has a fault"}),
+            ("--fail-on-recording", {"action": "store_true", "help": "exit 1 when the recording is unhealthy"}),
+        ),
+        "Follow a running job: every --interval seconds, what each process group completed and issued, what "
+        "is in flight and for how long (a suspected hang: who never issued the collective, who is stuck in "
+        "it), bus bandwidth this interval beside the run so far, the latest arrivals, the straggler and "
+        "packet-loss verdicts over the last --window seconds, each host's NIC throughput and TCP "
+        "retransmissions, and the recording's health. Each refresh reads only the files that landed since "
+        "the last one. When the job ends it says so, prints diagnose's verdict on the whole run and exits.",
+        standard=False,
     ),
     Command(
         "compare",

@@ -7,6 +7,7 @@ for people, JSON or CSV for scripts; it returns the exit code.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import textwrap
 
@@ -195,6 +196,42 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         args.fail_on_recording and diagnose.recording_flagged(report)
     )
     return 1 if fail else 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from analysis import diagnose, sentences, watch, watchview
+
+    options = watch.Options(
+        interval_s=args.interval, window_s=args.window, hang_after_s=args.hang_after, stale_s=args.stale_after
+    )
+    terminal = args.format == "table" and sys.stdout.isatty()
+
+    def emit(frame: dict, note: str | None, report: dict | None) -> None:
+        progress.stop()
+        if args.format == "json":
+            sys.stdout.write(json.dumps({**frame, "note": note, "final": report}, default=str) + "\n")
+        else:
+            if terminal:
+                sys.stdout.write("\x1b[H\x1b[2J")  # a screen that refreshes in place
+            elif frame["refresh"] > 1:
+                sys.stdout.write("\n")
+            if note:
+                sys.stdout.write(f"{note}\n")
+            sys.stdout.write(watchview.render(frame, args.interval) + "\n")
+            if report is not None:
+                sys.stdout.write("\nthe job ended; the whole run, as diagnose says it:\n")
+                sys.stdout.write("\n".join(sentences.describe(report)) + "\n")
+        sys.stdout.flush()
+
+    try:
+        ending = watch.follow(args.run, options, emit, once=args.once)
+    except KeyboardInterrupt:
+        return 130
+    if ending.report is not None:
+        job, recording = diagnose.flagged(ending.report), diagnose.recording_flagged(ending.report)
+    else:
+        job, recording = watch.frame_flagged(ending.frame), watch.frame_recording_flagged(ending.frame)
+    return 1 if (args.fail_on_problem and job) or (args.fail_on_recording and recording) else 0
 
 
 def _flat(entry: dict) -> dict:

@@ -188,6 +188,17 @@ def diagnose(run: Run, thresholds: Thresholds = Thresholds()) -> dict:
     return report
 
 
+def window_verdict(run: Run, thresholds: Thresholds = Thresholds()) -> dict:
+    """What a window of a running job can be judged on (``analyze-trace watch``; ``run`` holds the
+    window's rows, Run.of_rows): ``stragglers`` and ``packet_loss`` as in the report, judged exactly
+    as :func:`diagnose` judges a whole run. Hangs, desyncs and dead ranks need the whole run: watch
+    says them from the ranks' live files."""
+    hosts_by_rank = {r: m.get("host") for r, m in run.ranks.items()}
+    packet_loss = _packet_loss(run, thresholds)
+    stragglers = _stragglers(run, thresholds, hosts_by_rank, bad_link_hosts([], packet_loss))
+    return {"stragglers": [s.as_dict() for s in stragglers], "packet_loss": [p.as_dict() for p in packet_loss]}
+
+
 def _packet_loss(run: Run, thresholds: Thresholds) -> list[PacketLoss]:
     """Loss is pinned on a host by the job's own connections where the sampler saw them; the hosts'
     TCP totals (every host that sends into a lossy link retransmits) only where it did not. Any

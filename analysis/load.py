@@ -118,7 +118,7 @@ class Run:
             raise TraceError(f"{path}: not a commtrace run directory (no rank=* folders){hint}")
         problems: list[str] = []
         unreadable_ranks = unreadable_folders(path, rank_dirs, problems)
-        run_meta, ranks = _read_metadata(path, problems)
+        run_meta, ranks = read_metadata(path, problems)
         con = _connect(memory_limit, cls._spill_dirs)
         segments, footers, layouts = _collective_segments(path, con, problems)
         gone = superseded(segments, footers)
@@ -134,6 +134,22 @@ class Run:
         run.one_layout = len(layouts) == 1
         run.text_columns["raw_segments"] = [c for c in text_columns(layouts) if c not in KEY_NAMES]
         views.create(run)
+        return run
+
+    @classmethod
+    def of_rows(cls, path: str, run_meta: dict, ranks: dict[int, dict], rows, samples=None) -> Run:
+        """A run over rows already read and checked (``analyze-trace watch``'s window of a running
+        job: analysis.tail): Arrow tables of the segments' columns and of the host samples' columns,
+        under the same views as a run opened from its files. Their instances are not proven whole by
+        any footer: every finding compares the events."""
+        con = _connect(None, cls._spill_dirs)
+        con.register("given_rows", rows)
+        if samples is not None:
+            con.register("given_samples", samples)
+        run = cls(path, con, run_meta, ranks, [])
+        run.one_layout = True
+        run._settled = False
+        views.create(run, "given_rows", "given_samples" if samples is not None else None)
         return run
 
     @property
@@ -259,7 +275,7 @@ class Run:
         return repair.guarded(self, action)
 
 
-def _read_metadata(path: str, problems: list[str]) -> tuple[dict, dict[int, dict]]:
+def read_metadata(path: str, problems: list[str]) -> tuple[dict, dict[int, dict]]:
     """run.json and every rank's metadata, typed (analysis.metadata); what cannot be read is said."""
     run_meta: dict = {}
     if os.path.lexists(os.path.join(path, "run.json")):

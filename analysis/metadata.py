@@ -152,6 +152,20 @@ def _list_of(kind, limit: int):
     return check
 
 
+def _map_of(kind, limit: int):
+    """An object of named values of ``kind`` (names cut to MAX_TEXT)."""
+
+    def check(value):
+        if not isinstance(value, dict) or len(value) > limit:
+            raise _Bad(f"an object of at most {limit} entries")
+        good, bad = _each([(str(key)[:MAX_TEXT], item, kind) for key, item in value.items()])
+        if bad:
+            raise _Partial(dict(good), bad)
+        return dict(good)
+
+    return check
+
+
 def _scalars(value):
     """An object of plain values (settings, the environment): text cut short, nothing nested."""
     if not isinstance(value, dict):
@@ -220,6 +234,27 @@ RANK_FIELDS = {
     "bytes_written": _int(0, MAX_COUNT),
     "recorder_cpu_s": _float(0, 1e12),
     "sampler": _scalars,
+}
+# A rank's live file (recorder.live): where it is while the job runs.
+LIVE_FIELDS = {
+    "version": _int(0, 1 << 31),
+    "rank": _int(0, MAX_RANKS - 1),
+    "pid": _int(0, 1 << 31),
+    "t_ns": _int(0, 1 << 62),
+    "flush_s": _float(0, 1e6),
+    "groups": _map_of(_record({"issued": _int(-1, MAX_COUNT), "completed": _int(-1, MAX_COUNT)}), MAX_GROUPS),
+    "inflight": _int(0, MAX_COUNT),
+    "oldest": _record(
+        {
+            "pg": _text(),
+            "seq": _int(-1, MAX_COUNT),
+            "op": _text(),
+            "peer": _int(-1, MAX_RANKS),
+            "t_start_ns": _int(0, 1 << 62),
+        }
+    ),
+    "dropped": _int(0, MAX_COUNT),
+    "closed": _flag,
 }
 RUN_FIELDS = {**_JOB_FIELDS, "created_ns": _int(0, 1 << 62), "created_by_host": _text()}
 

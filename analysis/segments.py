@@ -86,11 +86,14 @@ def unreadable_folders(root: str, folders: list[str], problems: list[str]) -> se
     return ranks
 
 
-def regular_files(root: str, pattern: str, problems: list[str]) -> list[str]:
+def regular_files(root: str, pattern: str, problems: list[str], skip: set[str] | None = None) -> list[str]:
     """The files under ``root`` matching ``pattern`` that are regular files; the others (a FIFO, which
-    a reader would wait on forever, a device, a folder) are listed in ``problems``."""
+    a reader would wait on forever, a device, a folder) are listed in ``problems``. ``skip``: files
+    already known, neither checked nor listed."""
     files = []
     for path in sorted(glob.glob(os.path.join(glob.escape(root), pattern))):
+        if skip is not None and path in skip:
+            continue
         why = metadata.regular_file_problem(path)
         if why is None:
             files.append(path)

@@ -47,15 +47,19 @@ KEY_NAMES = ("pg", "op", "status")
 WHOLE_ROW_SQL = "rank IS NOT NULL AND pg IS NOT NULL AND op IS NOT NULL AND seq IS NOT NULL AND t_start_ns IS NOT NULL"
 
 
-def create(run) -> None:
+def create(run, rows: str | None = None, samples: str | None = None) -> None:
+    """The views of ``run``: over its files, or (``rows``, ``samples``: tables or views already in
+    its connection, checked as they were read) over rows read before (Run.of_rows)."""
     offsets = [
         (r, int(((m.get("clock") or {}).get("start") or {}).get("offset_ns") or 0)) for r, m in run.ranks.items()
     ]
-    run.con.execute("CREATE TABLE clock_offsets (rank INTEGER, offset_ns BIGINT)")
-    if offsets:
-        run.con.executemany("INSERT INTO clock_offsets VALUES (?, ?)", offsets)
+    # Filled from lists in one statement each: a prepared insert per row costs ~0.1 ms, and a
+    # 64-rank run's memberships are thousands of rows (re-made at every refresh of a watch).
+    run.con.execute(
+        "CREATE TABLE clock_offsets AS SELECT unnest(?::INTEGER[]) AS rank, unnest(?::BIGINT[]) AS offset_ns",
+        [[r for r, _ in offsets], [o for _, o in offsets]],
+    )
     # Group membership as each rank wrote it: who should take part in a group's collectives.
-    run.con.execute("CREATE TABLE group_members (pg VARCHAR, rank INTEGER)")
     members = set()
     for meta in run.ranks.values():
         for group in meta.get("process_groups") or []:
@@ -65,15 +69,24 @@ def create(run) -> None:
                     for r in group["ranks"]
                     if isinstance(r, int) and r not in run.unreadable_ranks
                 )
-    if members:
-        run.con.executemany("INSERT INTO group_members VALUES (?, ?)", sorted(members))
+    listed = sorted(members)
+    run.con.execute(
+        "CREATE TABLE group_members AS SELECT unnest(?::VARCHAR[]) AS pg, unnest(?::INTEGER[]) AS rank",
+        [[pg for pg, _ in listed], [r for _, r in listed]],
+    )
     for pg, rank in members:
         run.members.setdefault(pg, set()).add(rank)
-    parquet_view(run, "raw_segments", run.segments, run.one_layout)
-    run.guarded(lambda: check_rows(run))
-    collectives_view(run)
-    sample_views(run)
-    probe_view(run)
+    if rows is None:
+        parquet_view(run, "raw_segments", run.segments, run.one_layout)
+        run.guarded(lambda: check_rows(run))
+        collectives_view(run)
+        sample_views(run)
+        probe_view(run)
+    else:
+        run.con.execute(f"CREATE VIEW raw_segments AS SELECT * FROM {rows}")
+        run.con.execute("CREATE VIEW raw_collectives AS SELECT * FROM raw_segments")
+        sample_views(run, samples)
+        probe_view(run, given=True)
     # One timeline: a rank's timestamps plus its measured offset to rank 0's clock. The offsets
     # are a constant list indexed by rank (a join per event costs a fifth of a scan).
     # (Metadata names ranks as JSON integers; anything else it might hold is not an offset.)
@@ -189,15 +202,19 @@ def collectives_view(run) -> None:
     """)
 
 
-def sample_views(run) -> None:
+def sample_views(run, given: str | None = None) -> None:
     """``samples``: the hosts' raw counters; ``counter_deltas``: per interval, wraps and resets handled.
 
     A decrease of a counter whose previous value fits in 32 bits is a wrap (delta mod 2^32), any
     other decrease a reset (the delta is the new value). ``port_xmit_data``/``port_rcv_data``
     count 4-byte words; ``bytes`` holds the delta in bytes where the counter counts bytes.
     """
-    files, layouts = usable(run, "host=*/nic-*.parquet", SAMPLE_COLUMNS, SAMPLE_OPTIONAL_COLUMNS)
-    if files:
+    files, layouts = [], set()
+    if not given:
+        files, layouts = usable(run, "host=*/nic-*.parquet", SAMPLE_COLUMNS, SAMPLE_OPTIONAL_COLUMNS)
+    if given:
+        run.con.execute(f"CREATE VIEW samples AS SELECT * FROM {given}")
+    elif files:
         run.sample_files = files
         run.samples_one_layout = len(layouts) == 1
         run.text_columns["samples"] = text_columns(layouts)
@@ -231,9 +248,10 @@ def sample_views(run) -> None:
     """)
 
 
-def probe_view(run) -> None:
-    """``probe``: the link probe's rows (COMMTRACE_PROBE), one per (phase, round, probing rank)."""
-    files, _ = usable(run, "rank=*/probe-*.parquet", PROBE_COLUMNS)
+def probe_view(run, given: bool = False) -> None:
+    """``probe``: the link probe's rows (COMMTRACE_PROBE), one per (phase, round, probing rank);
+    empty for a run of rows read before (``given``: the probe runs at a job's start and end)."""
+    files = [] if given else usable(run, "rank=*/probe-*.parquet", PROBE_COLUMNS)[0]
     if files:
         listed = sql_files(files)
         run.con.execute(

@@ -19,6 +19,7 @@ import numpy as np
 from recorder import _arrow
 from recorder._log import info
 from recorder.groups import GROUPS
+from recorder.live import LiveState
 from recorder.periodic import PeriodicThread
 from recorder.records import ERROR, NO_DONES, NO_ISSUES, OK
 from recorder.schema import INFLIGHT_PREFIX, PROBE_PREFIX, PROBE_SCHEMA
@@ -56,6 +57,7 @@ class Flusher(PeriodicThread):
         self._seen = 0  # the watchdog's view: completions at its last look, and since when none came
         self._stalled_since: float | None = None
         self._dumped = False
+        self.live = LiveState()  # what the rank's live file says (recorder.live)
         events.wake = self._wake.set
 
     def attach(self, writer, rank: int) -> None:
@@ -154,6 +156,7 @@ class Flusher(PeriodicThread):
             with self.lock:
                 if self.writer is not None:
                     self._write(final)
+                    self._write_live(final)
         except Exception as exc:
             self.on_failure("writer", exc)
         finally:
@@ -170,9 +173,11 @@ class Flusher(PeriodicThread):
         if len(self.inflight):
             issues = np.concatenate((self.inflight, issues))
         if not len(issues):
+            self.live.update(issues, NO_ISSUES, GROUPS, 0)
             return
         write_before = None if final else time.monotonic_ns() - int(self.config.pending_s * 1e9)
         table, carry = self._segment(issues, dones, write_before)
+        self.live.update(issues, carry, GROUPS, wall_minus_mono())
         if len(carry) > self.config.max_buffered:  # never hold more than the buffer's bound
             table_old, _ = self._segment(carry, NO_DONES, None)
             self.writer.write(table_old)
@@ -185,6 +190,12 @@ class Flusher(PeriodicThread):
             for index in np.flatnonzero(np.bincount(issues["group"])).tolist():
                 group = GROUPS[index]
                 self.groups.setdefault(group.name, group)
+
+    def _write_live(self, final: bool) -> None:
+        """Replace the rank's live file. It lives beside the segments, on the same disk: a failure
+        to write it (a full disk) is the writer's, said once, and recording steps aside."""
+        payload = self.live.payload(self.rank, GROUPS, self.events.dropped, self.config.flush_s, final)
+        self.live.write(self.writer.rank_dir, payload)
 
     def _segment(self, issues, dones, write_before):
         return build_segment(issues, dones, GROUPS, self.rank, wall_minus_mono(), self._dtype_cache, write_before)
