@@ -171,3 +171,38 @@ class Ranks:
             "never_issued": never,
             "not_writing": sorted((group - writing) | (set(stopped) & group)),
         }
+
+
+def _sample_row(row) -> tuple | None:
+    """A host live file's row [t_ns, source, device, port, counter, value], typed, or None."""
+    if not isinstance(row, list) or len(row) != 6:
+        return None
+    t_ns, source, device, port, counter, value = row
+    ints = (t_ns, value) + ((port,) if port is not None else ())
+    if any(isinstance(x, bool) or not isinstance(x, int) for x in ints) or not 0 <= t_ns < 1 << 62:
+        return None
+    if not -(1 << 63) <= value < 1 << 63 or (port is not None and not 0 <= port < 1 << 31):
+        return None
+    if not all(isinstance(x, str) for x in (source, counter)) or not (device is None or isinstance(device, str)):
+        return None
+    cut = metadata.MAX_TEXT
+    return (t_ns, source[:cut], None if device is None else device[:cut], port, counter[:cut], value)
+
+
+def host_samples(path: str, problems: list[str]) -> dict[str, list[tuple]]:
+    """Each host's latest counters from its sampler's live file (``host=H/live.json``, recorder.live.HostLive):
+    rows (t_ns, source, device, port, counter, value) as the host samples hold them."""
+    out: dict[str, list[tuple]] = {}
+    for file in glob.glob(os.path.join(glob.escape(path), "host=*", LIVE_NAME)):
+        name = os.path.relpath(file, path)
+        raw = metadata.read_json(file, problems, name)
+        if not isinstance(raw, dict) or not isinstance(raw.get("host"), str) or not isinstance(raw.get("rows"), list):
+            if raw is not None:
+                problems.append(f"{name}: ignored (not a host's live counters)")
+            continue
+        rows = [_sample_row(r) for r in raw["rows"][:100_000]]
+        if None in rows:
+            shape = "[t_ns, source, device, port, counter, value]"
+            problems.append(f"{name}: {rows.count(None)} rows ignored (not {shape})")
+        out[raw["host"][: metadata.MAX_TEXT]] = [r for r in rows if r is not None]
+    return out

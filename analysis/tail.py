@@ -50,6 +50,14 @@ _SQL_TYPES = {
 COLLECTIVE_COLUMNS = {**REQUIRED_COLUMNS, **OPTIONAL_COLUMNS}
 SAMPLE_ALL_COLUMNS = {**SAMPLE_COLUMNS, **SAMPLE_OPTIONAL_COLUMNS}
 ROW_KEY_SQL = "hash(rank, pg, seq, op, peer)"
+_ARROW_TYPES = {
+    "BYTE_ARRAY UTF8": pa.string(),
+    "INT32": pa.int32(),
+    "INT64": pa.int64(),
+    "DOUBLE": pa.float64(),
+    "BOOLEAN": pa.bool_(),
+}
+SAMPLE_ARROW = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in SAMPLE_ALL_COLUMNS.items()])
 
 
 def projection(columns: dict[str, str], present: set[str]) -> str:
@@ -184,7 +192,11 @@ class Tail:
                 self._say([f"{os.path.relpath(path, self.path)}: skipped ({reason})"])
         if not files:
             return None
-        return con.sql(f"""
+        return (
+            con.sql(f"""
             SELECT {projection(SAMPLE_ALL_COLUMNS, present)}
             FROM read_parquet([{sql_files(files)}], union_by_name = true, hive_partitioning = false)
-        """).to_arrow_table()
+        """)
+            .to_arrow_table()
+            .cast(SAMPLE_ARROW)
+        )

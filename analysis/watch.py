@@ -29,10 +29,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from analysis import diagnose, views
-from analysis.live import Ranks
+from analysis.live import Ranks, host_samples
 from analysis.load import Run, TraceError, read_metadata
 from analysis.segments import sql_files
-from analysis.tail import COLLECTIVE_COLUMNS, ROW_KEY_SQL, SMALL_ROWS, Tail, footer_rows, projection
+from analysis.tail import COLLECTIVE_COLUMNS, ROW_KEY_SQL, SAMPLE_ARROW, SMALL_ROWS, Tail, footer_rows, projection
 from analysis.watchframe import Totals, frame, instances_sql
 
 
@@ -65,6 +65,8 @@ class Watcher:
         self.unchanged = False  # nothing landed since the last refresh (a blocked or idle job)
         self.window_parts: dict = {}  # the window's figures at the last refresh, kept while unchanged
         self.labels: dict[str, str] = {}  # pg -> the group in words, from the last window
+        self.host_seen: dict[str, int] = {}  # host -> the newest live counters taken
+        self.live_problems: list[str] = []
         self.progress_seen: dict[str, tuple[int, float]] = {}  # pg -> (last seq completed, when seen)
         self.run_meta: dict = {}
         self.ranks: dict[int, dict] = {}
@@ -121,17 +123,41 @@ class Watcher:
             self.tail.problems = list(run.problems)
         finally:
             run.con.close()
-        self.samples = self.tail.samples(con)
+        self.samples = self._samples(self.tail.samples(con))
 
     def _read_new(self, con) -> bool:
         """Take what landed since the last refresh; whether anything did."""
         new = self.tail.collectives(con, self.world)
-        samples = self.tail.samples(con)
+        samples = self._samples(self.tail.samples(con))
         if samples is not None:
             self.samples = samples if self.samples is None else pa.concat_tables([self.samples, samples])
         if new is not None and new.num_rows:
             self.rows = new if self.rows is None else pa.concat_tables([self.rows, new])
         return bool((new is not None and new.num_rows) or samples is not None)
+
+    def _samples(self, landed: pa.Table | None) -> pa.Table | None:
+        """The host samples that landed, and each host's latest counters from its live file where
+        they are newer than every sample of that host (the sampler writes samples every
+        COMMTRACE_SAMPLE_FLUSH_S, its live file every COMMTRACE_SAMPLE_LIVE_S)."""
+        parts = [] if landed is None else [landed]
+        newest: dict[str, int] = dict(self.host_seen)
+        for table in (self.samples, landed):
+            if table is not None and table.num_rows:
+                for row in table.group_by("host").aggregate([("t_ns", "max")]).to_pylist():
+                    newest[row["host"]] = max(newest.get(row["host"], 0), row["t_ns_max"] or 0)
+        problems: list[str] = []
+        rows = []
+        for host, latest in host_samples(self.path, problems).items():
+            rows += [(t, host, *rest) for t, *rest in latest if t > newest.get(host, 0)]
+            self.host_seen[host] = max([self.host_seen.get(host, 0)] + [r[0] for r in latest])
+        self.live_problems += [p for p in problems if p not in self.live_problems]
+        if rows:
+            names = ("t_ns", "host", "source", "device", "port", "counter", "value")
+            columns = dict(zip(names, zip(*rows, strict=True), strict=True))
+            columns["text"] = [None] * len(rows)
+            arrays = {f.name: pa.array(columns[f.name], f.type) for f in SAMPLE_ARROW}
+            parts.append(pa.table(arrays, schema=SAMPLE_ARROW))
+        return pa.concat_tables(parts) if parts else None
 
     def _trim(self) -> None:
         """Keep the window: rows ending (or, in flight, starting) within window_s of the newest end,

@@ -180,7 +180,7 @@ def frame(w, first: bool) -> dict:
             "dropped_events": {str(r): n for r, n in sorted(w.live.dropped().items())},
             "stopped_writing": stopped,
             "closed": sorted(closed),
-            "problems": failures + w.tail.problems + w.problems + w.live.problems,
+            "problems": failures + w.tail.problems + w.problems + w.live.problems + w.live_problems,
         },
     )
     return out

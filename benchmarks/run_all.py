@@ -85,12 +85,13 @@ GROUPS = {
     "profile": ["profile", "native"],
     "ddp": ["ddp", "ddp_in_process", "ddp_one_rank"],
     "frameworks": ["frameworks"],
-    "sampler": ["sampler"],
+    "sampler": ["sampler", "sampler_fresh"],
     "memory": ["memory"],
     "scale": ["scale"],
     "out_of_core": ["out_of_core"],
     "segments": ["segments"],
     "lab": ["lab_combined"],
+    "watch": ["watch"],
 }
 STAMPS = "_measured"  # raw results' key for when and at which commit each was measured
 
@@ -158,7 +159,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--only",
-        help="comma-separated: overhead, profile, ddp, frameworks, sampler, memory, scale, out_of_core, segments, lab",
+        help="comma-separated: overhead, profile, ddp, frameworks, sampler, memory, scale, out_of_core, segments, "
+        "lab, watch",
     )
     parser.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     parser.add_argument("--scratch", default="/tmp", help="where the synthetic runs are generated and kept")
@@ -285,7 +287,20 @@ def main() -> None:
         share = r["steady_share_of_one_core_pct"]
         figure = f"{share} % of one core (a bare thread waking as often: {r['bare_wakeups_share_of_one_core_pct']} %)"
         figure += f"; sources {', '.join(r['sources'])}"
-        add("sampler at 10 Hz, every source", command, figure, "< 0.2 %", share < 0.2)
+        what = f"sampler at 10 Hz, every source, latest counters every {r.get('live_s', 0):g} s (watch, metrics)"
+        add(what, command, figure, "< 0.2 %", share < 0.2)
+        command = [py, "benchmarks/sampler_cost.py", "--seconds", "40", "--against", "10:0,2:0,1:0"]
+        (r,) = raw["sampler_fresh"] = measure("sampler_fresh", command)
+        parts = [
+            f"flush {c['flush_s']:g} s" + (f" + latest every {c['live_s']:g} s" if c["live_s"] else "")
+            + f": {c['steady_share_of_one_core_pct']} %, {c['segments_per_hour']} files/h"
+            for c in r["configs"]
+        ]  # fmt: skip
+        live = r["configs"][0]
+        met = live["steady_share_of_one_core_pct"] <= min(c["steady_share_of_one_core_pct"] for c in r["configs"][2:])
+        figure = "; ".join(parts) + " (four samplers at once, each its own thread's CPU)"
+        what = "host figures seconds old for watch: the ways to get them, side by side"
+        add(what, command, figure, "latest counters cheaper than flushing as often", met)
     if want("memory"):
         command = [py, "benchmarks/recorder_memory.py", "--calls", "1000000"]
         (r,) = raw["memory"] = measure("memory", command)
@@ -318,6 +333,20 @@ def main() -> None:
         if per_event is not None:
             what = "bytes on disk per event: that synthetic run (varied sizes, simulated timings)"
             add(what, None, f"{per_event} B", "<= 16 B", per_event <= 16)
+    if want("watch"):
+        command = [py, "benchmarks/watch_cost.py", "--run", scale_run, "--repeats", "3", "--tail", "30"]
+        (r,) = raw["watch"] = measure("watch", command)
+        d, f, rs = r["diagnose_s"], r["first_frame_s"], r["refresh_s"]
+        figure = f"first frame {_spread(f['min'], f['median'], f['max'], ' s')}; diagnose on the same run, alternated: "
+        figure += f"{_spread(d['min'], d['median'], d['max'], ' s')}"
+        add("analyze-trace watch, 64 ranks x 200k collectives: the first frame", command, figure, "<= diagnose",
+            f["median"] <= d["median"])  # fmt: skip
+        mem = r["rss_mib"]["after_refreshes"]
+        figure = f"{_spread(rs['min'], rs['median'], rs['max'], ' s')} ({r['new_rows_per_refresh']:,} new rows, "
+        figure += f"{r['window_rows']:,} in the window); memory {r['rss_mib']['after_first']} MiB after the "
+        figure += f"first frame, over {len(mem)} refreshes {min(mem)}-{max(mem)} MiB"
+        add("each later refresh with 1 s of new segments (64 files)", command, figure, "< 0.5 s, memory flat",
+            rs["median"] < 0.5)  # fmt: skip
     if want("segments"):
         command = [py, "benchmarks/segment_count.py", "--repeats", "3"]
         measured = raw["segments"] = measure("segments", command)

@@ -126,6 +126,7 @@ class Session:
                 config.proc_root,
                 config.sys_root,
                 lock_dir=self._lock_dir,
+                live_s=config.sample_live_s,
             )
             self.sampler.start()
 

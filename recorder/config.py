@@ -59,6 +59,12 @@ COMMTRACE_SAMPLE_FLUSH_S = "COMMTRACE_SAMPLE_FLUSH_S"
 more than sampling, and cumulative counters lose only resolution, not totals, if the last interval is
 lost."""
 
+COMMTRACE_SAMPLE_LIVE_S = "COMMTRACE_SAMPLE_LIVE_S"
+"""Seconds between updates of the host's latest counters (default 1; 0 turns them off):
+``host=<host>/live.json`` for ``analyze-trace watch`` and the host figures of ``recorder.metrics()``,
+so that a live view's host figures are at most this old while samples are written every
+COMMTRACE_SAMPLE_FLUSH_S. Only the latest capture of the interfaces, TCP and RDMA counters is parsed."""
+
 COMMTRACE_PROBE = "COMMTRACE_PROBE"
 """Set to 1 to measure point-to-point bandwidth and latency between hosts when the default group is
 created and again before it is destroyed (default off). One rank per host takes part, in a few
@@ -96,6 +102,7 @@ ALL_VARIABLES = (
     COMMTRACE_CUDA_TIMING,
     COMMTRACE_SAMPLE_HZ,
     COMMTRACE_SAMPLE_FLUSH_S,
+    COMMTRACE_SAMPLE_LIVE_S,
     COMMTRACE_PROBE,
     COMMTRACE_PROBE_BYTES,
     COMMTRACE_PROBE_ROUNDS,
@@ -120,6 +127,7 @@ class Config:
     cuda_timing: bool = True
     sample_hz: float = 10.0
     sample_flush_s: float = 10.0
+    sample_live_s: float = 1.0
     probe: bool = False
     probe_bytes: int = 4 << 20
     probe_rounds: int = 2
@@ -143,6 +151,7 @@ class Config:
             "cuda_timing": self.cuda_timing,
             "sample_hz": self.sample_hz,
             "sample_flush_s": self.sample_flush_s,
+            "sample_live_s": self.sample_live_s,
             "probe": self.probe,
             "probe_bytes": self.probe_bytes,
             "probe_rounds": self.probe_rounds,
@@ -203,6 +212,7 @@ def from_env(env: dict[str, str] | None = None, **overrides: object) -> Config:
         "cuda_timing": _flag(env, COMMTRACE_CUDA_TIMING, True),
         "sample_hz": _number(env, COMMTRACE_SAMPLE_HZ, 10.0, float, 0.0),
         "sample_flush_s": _number(env, COMMTRACE_SAMPLE_FLUSH_S, 10.0, float, 0.01),
+        "sample_live_s": _number(env, COMMTRACE_SAMPLE_LIVE_S, 1.0, float, 0.0),
         "probe": _flag(env, COMMTRACE_PROBE, False),
         "probe_bytes": _number(env, COMMTRACE_PROBE_BYTES, 4 << 20, int, 1024),
         "probe_rounds": _number(env, COMMTRACE_PROBE_ROUNDS, 2, int, 1),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 import numpy as np
@@ -80,13 +81,91 @@ class LiveState:
         }
 
     def write(self, rank_dir: str, payload: dict) -> None:
-        """Replace the rank's live file (whole, or not at all)."""
-        path = os.path.join(rank_dir, LIVE_NAME)
-        tmp = os.path.join(rank_dir, f".{LIVE_NAME}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w") as fh:
-                fh.write(json.dumps(payload, separators=(",", ":")))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        replace_json(rank_dir, LIVE_NAME, payload)
+
+
+def replace_json(folder: str, name: str, payload: dict) -> None:
+    """Replace ``folder/name`` with ``payload`` (whole, or not at all)."""
+    path = os.path.join(folder, name)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(payload, separators=(",", ":")))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# The host counters a live view and recorder.metrics() read: the interfaces' bytes, packets, errors
+# and drops, TCP retransmissions (the host's and the job's own connections'), RDMA port data.
+LIVE_SOURCES = frozenset({"net_dev", "snmp", "netstat", "tcp_conn", "rdma_port"})
+LIVE_COUNTERS = frozenset(
+    {
+        "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_errs", "tx_errs", "rx_drop", "tx_drop",
+        "rx_fifo", "tx_fifo", "rx_frame", "tx_carrier", "RetransSegs", "OutSegs", "TCPTimeouts",
+        "bytes_retrans", "bytes_sent", "port_xmit_data", "port_rcv_data",
+    }
+)  # fmt: skip
+_ERRORS = frozenset({"rx_errs", "tx_errs", "rx_frame", "tx_carrier"})
+_DROPS = frozenset({"rx_drop", "tx_drop", "rx_fifo", "tx_fifo"})
+
+
+class HostLive:
+    """The host's latest counters, kept by its sampler every ``COMMTRACE_SAMPLE_LIVE_S``: written to
+    ``host=<host>/live.json`` for ``analyze-trace watch`` (rows as the samples hold them: t_ns, source,
+    device, port, counter, value) and summed for ``recorder.metrics()``. Only the latest capture of
+    each source in LIVE_SOURCES is parsed (the samples written every COMMTRACE_SAMPLE_FLUSH_S parse
+    them all); parsing a capture twice changes nothing (those sources keep no state but a header)."""
+
+    def __init__(self, folder: str, host: str) -> None:
+        self.folder, self.host = folder, host
+        self.rows: list[list] = []
+        self.lock = threading.Lock()
+
+    def update(self, sources: list, captured: list, wall_minus_mono: int) -> bool:
+        """From the sampler's captures since its last flush; False if there was none to read."""
+        latest: dict[int, tuple] = {}
+        for t, i, raw in reversed(captured):
+            if i not in latest and sources[i].name in LIVE_SOURCES:
+                latest[i] = (t, raw)
+        rows = []
+        for i, (t, raw) in latest.items():
+            try:
+                values = sources[i].parse(raw)
+            except Exception:  # a capture that does not parse is left out, as at the flush
+                continue
+            name = sources[i].name
+            rows.extend([t + wall_minus_mono, name, d, p, c, v] for d, p, c, v in values if c in LIVE_COUNTERS)
+        if not rows:
+            return False
+        with self.lock:
+            self.rows = rows
+        os.makedirs(self.folder, exist_ok=True)
+        replace_json(
+            self.folder, LIVE_NAME, {"version": LIVE_VERSION, "host": self.host, "t_ns": time.time_ns(), "rows": rows}
+        )
+        return True
+
+    def totals(self) -> dict[str, int]:
+        """The host's counters summed: bytes on every interface but loopback, errors, drops, TCP
+        segments sent and retransmitted, timeouts; ``t_ns`` of the newest."""
+        with self.lock:
+            rows = self.rows
+        out = dict.fromkeys(("rx_bytes", "tx_bytes", "errors", "drops", "out_segs", "retrans_segs", "timeouts"), 0)
+        out["t_ns"] = max((r[0] for r in rows), default=0)
+        for _, source, device, _, counter, value in rows:
+            if not isinstance(value, int):
+                continue
+            if source == "net_dev" and device != "lo":
+                if counter in ("rx_bytes", "tx_bytes"):
+                    out[counter] += value
+                elif counter in _ERRORS:
+                    out["errors"] += value
+                elif counter in _DROPS:
+                    out["drops"] += value
+            elif source in ("snmp", "netstat"):
+                key = {"OutSegs": "out_segs", "RetransSegs": "retrans_segs", "TCPTimeouts": "timeouts"}.get(counter)
+                if key:
+                    out[key] += value
+        return out

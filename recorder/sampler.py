@@ -11,7 +11,10 @@ tick it only copies the kernel's bytes; every COMMTRACE_SAMPLE_FLUSH_S it parses
 and writes a Parquet segment under ``<run>/host=<host>/``. A segment keeps a counter's value where it
 changes: the first and last sample of each counter, and the samples on both sides of every change.
 A value left out equals the one before and after it, so deltas, rates and totals are unchanged,
-and an idle interface's sixteen counters cost two rows per segment instead of two hundred.
+and an idle interface's sixteen counters cost two rows per segment instead of two hundred. Every
+COMMTRACE_SAMPLE_LIVE_S it also parses the latest capture of the interfaces, TCP and RDMA counters
+alone into ``host=<host>/live.json`` (recorder.live.HostLive), so that a live view's host figures
+are seconds old, not a flush interval.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import pyarrow as pa
 
 from recorder import _arrow
 from recorder._log import debug, warn_once
+from recorder.live import HostLive
 from recorder.periodic import PeriodicThread
 from recorder.schema import SAMPLE_SCHEMA, SAMPLES_PREFIX, safe_name
 from recorder.sources import PARSE_ERRORS, host_sources
@@ -217,6 +221,7 @@ class Sampler(PeriodicThread):
         sys_root: str = "/",
         metadata: dict[str, str] | None = None,
         lock_dir: str | None = None,
+        live_s: float = 0.0,
     ) -> None:
         """``lock_dir`` holds the host's election lock (default: the temporary directory); a recorder
         passes it in, worked out on the main thread, because the lookup takes a lock that a fork
@@ -227,8 +232,11 @@ class Sampler(PeriodicThread):
         self.flush_s = flush_s
         self.proc_root, self.sys_root = proc_root, sys_root
         self.election = Election(run_id, self.host, lock_dir)
+        folder = os.path.join(run_dir, f"host={safe_name(self.host, 128)}")
+        self.live_s = live_s  # the host's latest counters, for watch and metrics(), this often (0: never)
+        self.live = HostLive(folder, self.host) if live_s > 0 else None
         self.writer = SegmentWriter(
-            os.path.join(run_dir, f"host={safe_name(self.host, 128)}"),
+            folder,
             incarnation,
             {"commtrace.run_id": run_id, "commtrace.host": self.host, **(metadata or {})},
         )
@@ -282,6 +290,7 @@ class Sampler(PeriodicThread):
             self.source_names = [s.name for s in self.sources]
         next_tick = time.monotonic()
         next_flush = next_tick + self.flush_s
+        next_live = next_tick + self.live_s
         k = 0
         while True:
             with self._lock:
@@ -290,6 +299,9 @@ class Sampler(PeriodicThread):
                 self._tick(k)
                 k += 1
                 now = time.monotonic()
+                if self.live is not None and now >= next_live:  # before a flush takes the captures
+                    self.live.update(self.sources, self.captured, wall_minus_mono())
+                    next_live = now + self.live_s
                 if now >= next_flush:
                     self.flush()
                     next_flush = now + self.flush_s

@@ -92,6 +92,10 @@ def test_a_live_job_shows_progress_then_a_straggler_then_a_hang(tmp_path: Path):
                 after.append(frame)
         named = [[s["rank"] for s in f["stragglers"]] for f in after]
         assert [2] in named, named
+        # The host's figures come from its sampler's live file: seconds old, though samples are
+        # written every 10 s (COMMTRACE_SAMPLE_FLUSH_S).
+        ages = [(f["time_ns"] - h["newest_sample_ns"]) / 1e9 for f in after for h in f["host_figures"]]
+        assert ages and max(ages) < 3, ages
         assert all(ranks in ([], [2]) for ranks in named), named
 
         # Rank 3 stops issuing: the others block in the next all_reduce; the hang is named while the
@@ -163,12 +167,15 @@ def test_a_hostile_live_file_is_said_and_the_rest_is_shown(tmp_path: Path, capsy
     shutil.copytree(SAMPLES / "healthy", run)
     (run / "rank=00001" / "live.json").write_text('{"rank": 1, "t_ns": "soon", "groups": {"0": {"issued": -7}}}')
     (run / "rank=00002" / "live.json").write_text("[" * 100_000)
+    rows = [[T0, "net_dev", "eth0", None, "rx_bytes", 5], [T0, "net_dev", "eth0", None, "tx_bytes", "many"], "x"]
+    (run / "host=labs-host0" / "live.json").write_text(json.dumps({"host": "labs-host0", "rows": rows}))
     code = main(["watch", str(run), "--once", "--format", "json"])
     frame = json.loads(capsys.readouterr().out)
     assert code == 0 and frame["state"] == "ended" and frame["final"]["world_size"] == 3
     problems = frame["recording"]["problems"]
     assert any("rank=00001/live.json: ignored" in p for p in problems), problems
     assert any("rank=00002/live.json: skipped" in p for p in problems), problems
+    assert any("host=labs-host0/live.json: 2 rows ignored" in p for p in problems), problems
 
 
 def test_a_directory_of_runs_is_followed_at_its_newest(tmp_path: Path, capsys):
