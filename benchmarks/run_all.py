@@ -92,6 +92,7 @@ GROUPS = {
     "segments": ["segments"],
     "lab": ["lab_combined"],
     "watch": ["watch"],
+    "metrics": ["metrics"],
 }
 STAMPS = "_measured"  # raw results' key for when and at which commit each was measured
 
@@ -160,7 +161,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         help="comma-separated: overhead, profile, ddp, frameworks, sampler, memory, scale, out_of_core, segments, "
-        "lab, watch",
+        "lab, watch, metrics",
     )
     parser.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     parser.add_argument("--scratch", default="/tmp", help="where the synthetic runs are generated and kept")
@@ -347,6 +348,13 @@ def main() -> None:
         figure += f"first frame, over {len(mem)} refreshes {min(mem)}-{max(mem)} MiB"
         add("each later refresh with 1 s of new segments (64 files)", command, figure, "< 0.5 s, memory flat",
             rs["median"] < 0.5)  # fmt: skip
+    if want("metrics"):
+        command = [py, "benchmarks/metrics_cost.py", "--calls", "20000", "--repeats", "9"]
+        (r,) = raw["metrics"] = measure("metrics", command)
+        m, fold = r["metrics_call_us"], r["fold_us_per_segment"]
+        figure = f"{_spread(m['min'], m['median'], m['max'], ' us')} a call ({r['figures']} figures); the flusher "
+        figure += f"folds a segment into the totals in {fold['100']} us (100 rows), {fold['10000']} us (10,000 rows)"
+        add("recorder.metrics(), per call", command, figure, "cheap enough to call every step", None)
     if want("segments"):
         command = [py, "benchmarks/segment_count.py", "--repeats", "3"]
         measured = raw["segments"] = measure("segments", command)

@@ -17,7 +17,7 @@ import os
 
 from recorder import _state
 
-__all__ = ["enable", "disable", "recording", "step", "is_enabled", "flush"]
+__all__ = ["enable", "disable", "recording", "step", "is_enabled", "flush", "metrics"]
 
 
 def enable(directory: str | os.PathLike | None = None, **settings: object) -> bool:
@@ -67,3 +67,22 @@ def flush() -> None:
     session = _state.session
     if session is not None:
         session.flush()
+
+
+def metrics() -> dict[str, float]:
+    """This rank's and this host's figures since the previous call, for the training loop's own
+    dashboard: per op as called (``all_reduce/busbw_GBps``, ``/count``, ``/latency_ms``,
+    ``/max_latency_ms``, ``/wait_ms``), ``comm_busy_s``, ``comm_share``, ``dropped_events``, and
+    where this process samples its host, ``host/rx_Bps``, ``host/tx_Bps``, ``host/tcp_retrans_pct``,
+    ``host/tcp_timeouts``, ``host/errors``, ``host/drops``. What they mean: recorder/tally.py.
+
+    No disk read and no query (a few tens of microseconds: cheap enough every step); as of the last
+    flush, at most ``COMMTRACE_FLUSH_S`` old (``as_of_s``). ``{}`` while nothing is recorded. Never
+    raises."""
+    session = _state.session
+    if session is None:
+        return {}
+    try:
+        return session.metrics()
+    except Exception:
+        return {}

@@ -35,6 +35,7 @@ from recorder.config import Config, from_env
 from recorder.flusher import Flusher
 from recorder.identity import RunIdentity
 from recorder.records import EventBuffer
+from recorder.tally import Reader
 from recorder.writer import SegmentWriter
 
 STARTUP_READY_S = 10.0  # how long closing waits for the start-up thread to have set up the trace
@@ -60,6 +61,7 @@ class Session:
         self.flusher = Flusher(self.events, config, self.groups, self.fail)
         self.identity = RunIdentity(config, self.incarnation, self._report, self.fail)
         self.sampler = None
+        self._metrics = None  # what recorder.metrics() last returned from (recorder.tally.Reader)
         self._default_twin = None  # the default group's plain twin, kept for the link probe
         # The sampler's election lock lives in the temporary directory. Looking it up the first time
         # takes tempfile's module lock for a few milliseconds (it test-writes a file); taken on a thread
@@ -134,6 +136,23 @@ class Session:
     def flush(self, final: bool = False) -> None:
         """Write every finished operation now; with ``final``, what is in flight too (end unset)."""
         self.flusher.flush(final)
+
+    def metrics(self) -> dict[str, float]:
+        """recorder.metrics(): this rank's and host's figures since the last call; {} if they stepped aside."""
+        totals = self.flusher.totals
+        if totals is None or self.failed:
+            return {}
+        try:
+            if self._metrics is None or self._metrics.totals is not totals:
+                self._metrics = Reader(totals)
+            sampler = self.sampler
+            live = sampler.live if sampler is not None and sampler.elected and not sampler.failed else None
+            host = live.totals() if live is not None and live.rows else None
+            return self._metrics.read(self.events.dropped, host)
+        except Exception as exc:
+            self.flusher.totals = None
+            warn_once("metrics", "recorder.metrics() stepped aside (%r); the recording goes on", exc)
+            return {}
 
     def dump(self, reason: str) -> None:
         """Write the operations in flight to a snapshot (SIGUSR1, a stuck SIGTERM); never raises."""

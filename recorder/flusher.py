@@ -17,12 +17,13 @@ import time
 import numpy as np
 
 from recorder import _arrow
-from recorder._log import info
+from recorder._log import info, warn_once
 from recorder.groups import GROUPS
 from recorder.live import LiveState
 from recorder.periodic import PeriodicThread
 from recorder.records import ERROR, NO_DONES, NO_ISSUES, OK
 from recorder.schema import INFLIGHT_PREFIX, PROBE_PREFIX, PROBE_SCHEMA
+from recorder.tally import Totals
 from recorder.writer import build_segment, wall_minus_mono
 
 POLL_MIN_S = 0.0005
@@ -58,6 +59,7 @@ class Flusher(PeriodicThread):
         self._stalled_since: float | None = None
         self._dumped = False
         self.live = LiveState()  # what the rank's live file says (recorder.live)
+        self.totals: Totals | None = Totals()  # what recorder.metrics() reads (None: stepped aside)
         events.wake = self._wake.set
 
     def attach(self, writer, rank: int) -> None:
@@ -185,11 +187,23 @@ class Flusher(PeriodicThread):
         self.inflight = carry
         if table is not None:
             self.writer.write(table)
+            self._fold(table)
             # The groups written, by a count of their (small) numbers: np.unique imports numpy.ma
             # on its first call, a tenth of a second of Python holding the GIL while training waits.
             for index in np.flatnonzero(np.bincount(issues["group"])).tolist():
                 group = GROUPS[index]
                 self.groups.setdefault(group.name, group)
+
+    def _fold(self, table) -> None:
+        """Add a written segment's operations to the totals recorder.metrics() reads. A failure here
+        is said once and only the metrics step aside: the recording goes on."""
+        if self.totals is None:
+            return
+        try:
+            self.totals.add(table)
+        except Exception as exc:
+            self.totals = None
+            warn_once("metrics", "recorder.metrics() stepped aside (%r); the recording goes on", exc)
 
     def _write_live(self, final: bool) -> None:
         """Replace the rank's live file. It lives beside the segments, on the same disk: a failure
