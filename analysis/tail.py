@@ -16,6 +16,7 @@ the recorder merges them in batches, so what is kept stays small.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -24,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analysis import metadata
 from analysis.segments import (
     OPTIONAL_COLUMNS,
     REPLACES_KEY,
@@ -87,7 +89,7 @@ class Tail:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.seen: set[str] = set()  # every collective segment taken (read, skipped, or replaced)
+        self.seen: set[str] = set()  # the collective segments on disk already taken (read, skipped, or replaced)
         self.samples_seen: set[str] = set()
         self.keys: dict[str, np.ndarray] = {}  # small segments read -> their rows' keys
         self.problems: list[str] = []  # one line per file skipped, in the order found
@@ -104,9 +106,16 @@ class Tail:
 
     def new_segments(self, con: duckdb.DuckDBPyConnection) -> tuple[list[str], dict[str, dict], set[str]]:
         """(new readable collective segments, their footers, the columns they have)."""
-        problems: list[str] = []
-        found = regular_files(self.path, "rank=*/collectives-*.parquet", problems, self.seen)
-        self._say(problems)
+        on_disk = set(glob.glob(os.path.join(glob.escape(self.path), "rank=*", "collectives-*.parquet")))
+        self.seen &= on_disk  # a merge removes the files it replaces: what is remembered stays what is there
+        found = []
+        for path in sorted(on_disk - self.seen):
+            why = metadata.regular_file_problem(path)
+            if why is None:
+                found.append(path)
+            else:
+                self.seen.add(path)
+                self._say([f"{os.path.relpath(path, self.path)}: skipped ({why})"])
         checked = inspect_segments(found, REQUIRED_COLUMNS, con, OPTIONAL_COLUMNS)
         readable, footers, present = [], {}, set()
         for path, (reason, layout, kv) in zip(found, checked, strict=True):
