@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--hz", type=float, default=10.0)
     parser.add_argument("--flush-s", type=float, default=10.0, help="COMMTRACE_SAMPLE_FLUSH_S")
-    parser.add_argument("--live-s", type=float, default=1.0, help="COMMTRACE_SAMPLE_LIVE_S")
+    parser.add_argument("--live-s", type=float, default=2.0, help="COMMTRACE_SAMPLE_LIVE_S")
     parser.add_argument(
         "--against",
         default="",
@@ -100,6 +100,9 @@ def main() -> None:
                 "host_figures_at_most_s_old": lv if lv > 0 else f,
                 "steady_share_of_one_core_pct": round(100 * (end[0][i] - warm[0][i]) / steady_s, 4),
                 "segments_per_hour": round(samplers[i].writer.index / wall * 3600),
+                "latest_counters_us_each": round(samplers[i].live.cpu_s / samplers[i].live.updates * 1e6, 1)
+                if samplers[i].live is not None and samplers[i].live.updates
+                else None,
             }
             for i, (f, lv) in enumerate(settings)
         ]

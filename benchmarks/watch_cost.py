@@ -85,6 +85,10 @@ def make_live(run: str, live: str, tail_s: int) -> list[tuple[SegmentWriter, lis
     return held
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3), "max": round(max(values), 3)}
+
+
 def timed(command: list[str]) -> float:
     start = time.monotonic()
     subprocess.run(command, check=True, capture_output=True)
@@ -127,8 +131,8 @@ def main() -> None:
     shutil.rmtree(args.live, ignore_errors=True)
     result = {
         "ranks": len(held),
-        "diagnose_s": {"min": min(diag_s), "median": statistics.median(diag_s), "max": max(diag_s)},
-        "first_frame_s": {"min": min(first_s), "median": statistics.median(first_s), "max": max(first_s)},
+        "diagnose_s": spread(diag_s),
+        "first_frame_s": spread(first_s),
         "first_frame_in_process_s": round(in_process_first, 3),
         "refresh_s": {
             "min": round(min(refresh_s), 3),

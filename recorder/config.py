@@ -60,7 +60,7 @@ more than sampling, and cumulative counters lose only resolution, not totals, if
 lost."""
 
 COMMTRACE_SAMPLE_LIVE_S = "COMMTRACE_SAMPLE_LIVE_S"
-"""Seconds between updates of the host's latest counters (default 1; 0 turns them off):
+"""Seconds between updates of the host's latest counters (default 2; 0 turns them off):
 ``host=<host>/live.json`` for ``analyze-trace watch`` and the host figures of ``recorder.metrics()``,
 so that a live view's host figures are at most this old while samples are written every
 COMMTRACE_SAMPLE_FLUSH_S. Only the latest capture of the interfaces, TCP and RDMA counters is parsed."""
@@ -127,7 +127,7 @@ class Config:
     cuda_timing: bool = True
     sample_hz: float = 10.0
     sample_flush_s: float = 10.0
-    sample_live_s: float = 1.0
+    sample_live_s: float = 2.0
     probe: bool = False
     probe_bytes: int = 4 << 20
     probe_rounds: int = 2
@@ -212,7 +212,7 @@ def from_env(env: dict[str, str] | None = None, **overrides: object) -> Config:
         "cuda_timing": _flag(env, COMMTRACE_CUDA_TIMING, True),
         "sample_hz": _number(env, COMMTRACE_SAMPLE_HZ, 10.0, float, 0.0),
         "sample_flush_s": _number(env, COMMTRACE_SAMPLE_FLUSH_S, 10.0, float, 0.01),
-        "sample_live_s": _number(env, COMMTRACE_SAMPLE_LIVE_S, 1.0, float, 0.0),
+        "sample_live_s": _number(env, COMMTRACE_SAMPLE_LIVE_S, 2.0, float, 0.0),
         "probe": _flag(env, COMMTRACE_PROBE, False),
         "probe_bytes": _number(env, COMMTRACE_PROBE_BYTES, 4 << 20, int, 1024),
         "probe_rounds": _number(env, COMMTRACE_PROBE_ROUNDS, 2, int, 1),

@@ -122,9 +122,19 @@ class HostLive:
         self.folder, self.host = folder, host
         self.rows: list[list] = []
         self.lock = threading.Lock()
+        self.cpu_s = 0.0  # CPU time spent in update() (the sampler's thread)
+        self.updates = 0
 
     def update(self, sources: list, captured: list, wall_minus_mono: int) -> bool:
         """From the sampler's captures since its last flush; False if there was none to read."""
+        cpu0 = time.thread_time()
+        try:
+            return self._update(sources, captured, wall_minus_mono)
+        finally:
+            self.cpu_s += time.thread_time() - cpu0
+            self.updates += 1
+
+    def _update(self, sources: list, captured: list, wall_minus_mono: int) -> bool:
         latest: dict[int, tuple] = {}
         for t, i, raw in reversed(captured):
             if i not in latest and sources[i].name in LIVE_SOURCES:
@@ -141,7 +151,8 @@ class HostLive:
             return False
         with self.lock:
             self.rows = rows
-        os.makedirs(self.folder, exist_ok=True)
+        if not self.updates:
+            os.makedirs(self.folder, exist_ok=True)
         replace_json(
             self.folder, LIVE_NAME, {"version": LIVE_VERSION, "host": self.host, "t_ns": time.time_ns(), "rows": rows}
         )

@@ -26,7 +26,7 @@ from analysis.watch import Options, Watcher, newest_run
 from conftest import JOBS, ROOT, clean_env, torchrun
 from recorder.schema import COLLECTIVE_SCHEMA
 from recorder.writer import MERGE_SEGMENTS, SegmentWriter
-from synthetic import T0, event
+from synthetic import T0, event, write_run
 
 SAMPLES = ROOT / "sample_traces"
 
@@ -199,3 +199,19 @@ def test_nothing_to_watch_is_one_line_and_exit_2(tmp_path: Path, capsys, where):
     assert main(["watch", str(path), "--once"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and str(path) in err
+
+
+def test_a_rank_that_stops_writing_is_shown_as_such(tmp_path: Path):
+    """Its live file stops changing while the others' go on: the rank is named as not writing, the
+    job is still running, and nothing is called an error."""
+    rows = [event(0, s, "all_reduce", 3, 4096, 4096, T0 + s * 10**6, T0 + s * 10**6 + 500_000) for s in range(20)]
+    run = write_run(tmp_path / "run", [{**row, "rank": r} for r in range(3) for row in rows], 3)
+    for rank in range(3):
+        live = {"version": 1, "rank": rank, "flush_s": 1.0, "inflight": 0, "dropped": 0, "closed": False}
+        live["t_ns"] = T0 + 10**9 - (60 * 10**9 if rank == 1 else 0)
+        live["groups"] = {"0": {"issued": 19, "completed": 19}}
+        (run / f"rank={rank:05d}" / "live.json").write_text(json.dumps(live))
+    frame = Watcher(str(run), Options()).refresh()
+    assert frame["recording"]["stopped_writing"] == [1]
+    assert frame["state"] == "running" and frame["ranks_writing"] == 2 and not frame["recording"]["problems"]
+    assert frame["progress"][0]["completed"] == 19 and frame["progress"][0]["behind"] == []
