@@ -215,3 +215,33 @@ def test_a_rank_that_stops_writing_is_shown_as_such(tmp_path: Path):
     assert frame["recording"]["stopped_writing"] == [1]
     assert frame["state"] == "running" and frame["ranks_writing"] == 2 and not frame["recording"]["problems"]
     assert frame["progress"][0]["completed"] == 19 and frame["progress"][0]["behind"] == []
+
+
+def test_a_directory_of_runs_follows_the_next_run_when_it_starts(tmp_path: Path):
+    from analysis.watch import follow
+
+    root = tmp_path / "traces"
+    rows = [event(0, s, "all_reduce", 2, 4096, 4096, T0 + s * 10**6, T0 + s * 10**6 + 500_000) for s in range(5)]
+
+    def start(name: str, created_ns: int) -> Path:
+        run = write_run(root / name, [{**row, "rank": r} for r in range(2) for row in rows], 2)
+        (run / "run.json").write_text(json.dumps({"run_id": name, "world_size": 2, "created_ns": created_ns}))
+        return run
+
+    first = start("first", T0)
+    frames: list[tuple[dict, str | None]] = []
+
+    def emit(frame: dict, note: str | None, report: dict | None) -> None:
+        frames.append((frame, note))
+        if len(frames) == 2:  # the next run starts while the first is watched
+            start("second", T0 + 1)
+        if frame["run_id"] == "second":  # and then it ends: every rank closed
+            for meta in (root / "second").glob("rank=*/rank-*.json"):
+                meta.write_text(json.dumps({**json.loads(meta.read_text()), "closed": True}))
+
+    ending = follow(str(root), Options(interval_s=0.05), emit)
+    runs = [f["run_id"] for f, _ in frames]
+    assert runs[:2] == ["first", "first"] and runs[-1] == "second", runs
+    notes = [n for _, n in frames if n]
+    assert notes == [f"a new run started: {root / 'second'} (was {first})"]
+    assert ending.frame["state"] == "ended" and ending.report["run_id"] == "second"
