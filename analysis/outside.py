@@ -197,10 +197,11 @@ def outside(run: Run) -> pl.DataFrame:
     """Per rank: how much longer than the other ranks it spends outside communication, step by step.
 
     Columns: rank; steps (judged); excess_ms_per_step (mean excess over every step); noise_ms (how
-    much any rank's excess varies from step to step: 1.4826 x the median absolute excess over every
-    rank and step, at least 0.05 ms); outside_z (the rank's excess per step, its highest and lowest
-    tenth of steps left out, against the noise of a mean over that many steps: / (noise_ms /
-    sqrt(steps)); above 5, no step-to-step noise of this run makes it); steps_longer (the steps that
+    much any rank's excess varies from step to step: 1.4826 x the median absolute deviation of each
+    rank's excess from that rank's own median, over every rank and step, at least 0.05 ms);
+    outside_z (the rank's excess per step, its highest and lowest tenth of steps left out, against
+    the noise of a mean over that many steps: / (noise_ms / sqrt(steps)); above 5, no step-to-step
+    noise of this run makes it); steps_longer (the steps that
     show the rank's extra time, :func:`_split`, with an excess of at least MIN_LONGER_MS); longer_ms
     and longer_spread_ms (median and robust standard deviation of the excess over those steps: the
     extra time itself, where the rank takes it only every few steps, that one step-long glitch of the
@@ -211,7 +212,12 @@ def outside(run: Run) -> pl.DataFrame:
     if per_step.height == 0:
         return pl.DataFrame(schema=OUTSIDE_SCHEMA)
     step_ms = float(per_step["step_ms"].median() or 0.0)
-    noise = max(1.4826 * float(per_step["excess_ms"].abs().median()), 0.05)
+    # Step-to-step noise: each rank's excess around its own median, pooled. A rank's steady offset
+    # (the straggler's own, and, in a job of two or three ranks, the others' share of it: with two
+    # others, a rank's median reference is their mean, the straggler's half) is not noise; pooled
+    # with it, a 3-rank job's straggler could never score much above 5 in 26 steps, whatever its pause.
+    deviation = (pl.col("excess_ms") - pl.col("excess_ms").median().over("rank")).abs()
+    noise = max(1.4826 * float(per_step.select(deviation.median()).item()), 0.05)
     rows = []
     for (rank,), frame in per_step.group_by("rank"):
         excess = frame["excess_ms"].to_numpy()
