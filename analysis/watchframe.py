@@ -92,11 +92,14 @@ class Totals:
         entry = self.buckets.get(key)
         if not entry or not entry[2]:
             return None
+        bins = sorted(entry[2])
         half, seen = sum(entry[2].values()) / 2, 0
-        for b in sorted(entry[2]):
+        for i, b in enumerate(bins):
             seen += entry[2][b]
-            if seen >= half:
+            if seen > half or (seen == half and i + 1 == len(bins)):
                 return math.exp(b / BINS_PER_E)
+            if seen == half:  # an even count split between two bins: halfway, as a median is
+                return (math.exp(b / BINS_PER_E) + math.exp(bins[i + 1] / BINS_PER_E)) / 2
         return None
 
 

@@ -245,3 +245,18 @@ def test_a_directory_of_runs_follows_the_next_run_when_it_starts(tmp_path: Path)
     notes = [n for _, n in frames if n]
     assert notes == [f"a new run started: {root / 'second'} (was {first})"]
     assert ending.frame["state"] == "ended" and ending.report["run_id"] == "second"
+
+
+def test_the_run_so_far_median_is_a_median_to_within_one_percent():
+    import math
+    from collections import Counter
+
+    from analysis.watchframe import BINS_PER_E, Totals
+
+    totals = Totals()
+    for key, values in {"even": [1.0, 2.0, 8.0, 9.0], "odd": [1.0, 2.0, 8.0], "one": [3.0]}.items():
+        totals.buckets[(key,)] = [len(values), 0.0, Counter(round(math.log(v) * BINS_PER_E) for v in values)]
+    assert totals.busbw(("even",)) == pytest.approx(5.0, rel=0.01)
+    assert totals.busbw(("odd",)) == pytest.approx(2.0, rel=0.01)
+    assert totals.busbw(("one",)) == pytest.approx(3.0, rel=0.01)
+    assert totals.busbw(("none",)) is None
