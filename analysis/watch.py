@@ -197,6 +197,9 @@ class Watcher:
     def _frame(self, first: bool) -> dict:
         return frame(self, first)
 
+    def close(self) -> None:
+        self.con.close()
+
 
 def _skipped(run: Run) -> set[str]:
     """The collective segments ``Run.open`` skipped (named in its problems): never read them again."""
@@ -262,24 +265,31 @@ def follow(path: str, options: Options, emit, once: bool = False, wait_s: float 
         time.sleep(options.interval_s)
         current = newest_run(root)
     watcher, note = Watcher(current, options), None
-    while True:
-        started = time.monotonic()
-        frame = watcher.refresh()
-        if frame["state"] == "ended":
-            report = diagnose.diagnose(Run.open(current), options.thresholds)
-            emit(frame, note, report)
-            return Ending(frame, report)
-        emit(frame, note, None)
-        if once:
-            return Ending(frame)
-        note = None
-        time.sleep(max(0.0, options.interval_s - (time.monotonic() - started)))
-        if root is not None:
-            newest = newest_run(root)
-            if newest is not None and newest != current:
-                note = f"a new run started: {newest} (was {current})"
-                current, watcher = newest, Watcher(newest, options)
-
+    try:
+        while True:
+            started = time.monotonic()
+            frame = watcher.refresh()
+            if frame["state"] == "ended":
+                run = Run.open(current)
+                try:
+                    report = diagnose.diagnose(run, options.thresholds)
+                finally:
+                    run.con.close()
+                emit(frame, note, report)
+                return Ending(frame, report)
+            emit(frame, note, None)
+            if once:
+                return Ending(frame)
+            note = None
+            time.sleep(max(0.0, options.interval_s - (time.monotonic() - started)))
+            if root is not None:
+                newest = newest_run(root)
+                if newest is not None and newest != current:
+                    note = f"a new run started: {newest} (was {current})"
+                    watcher.close()
+                    current, watcher = newest, Watcher(newest, options)
+    finally:
+        watcher.close()
 
 def frame_flagged(frame: dict) -> bool:
     """Whether a frame shows a fault of the job (diagnose.flagged's meaning, for what a frame holds)."""
