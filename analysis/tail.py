@@ -42,24 +42,18 @@ from analysis.segments import (
 from analysis.views import KEY_NAMES, MAX_NAME, WHOLE_ROW_SQL
 
 SMALL_ROWS = 4096  # recorder.writer.SMALL_ROWS: segments under this many rows may be merged later
-_SQL_TYPES = {
-    "BYTE_ARRAY UTF8": "VARCHAR",
-    "INT32": "INTEGER",
-    "INT64": "BIGINT",
-    "DOUBLE": "DOUBLE",
-    "BOOLEAN": "BOOLEAN",
+# Each column kind (analysis.segments) as the SQL and Arrow type the watcher's tables hold it in.
+_TYPES = {
+    "BYTE_ARRAY UTF8": ("VARCHAR", pa.string()),
+    "INT32": ("INTEGER", pa.int32()),
+    "INT64": ("BIGINT", pa.int64()),
+    "DOUBLE": ("DOUBLE", pa.float64()),
+    "BOOLEAN": ("BOOLEAN", pa.bool_()),
 }
 COLLECTIVE_COLUMNS = {**REQUIRED_COLUMNS, **OPTIONAL_COLUMNS}
 SAMPLE_ALL_COLUMNS = {**SAMPLE_COLUMNS, **SAMPLE_OPTIONAL_COLUMNS}
 ROW_KEY_SQL = "hash(rank, pg, seq, op, peer)"
-_ARROW_TYPES = {
-    "BYTE_ARRAY UTF8": pa.string(),
-    "INT32": pa.int32(),
-    "INT64": pa.int64(),
-    "DOUBLE": pa.float64(),
-    "BOOLEAN": pa.bool_(),
-}
-SAMPLE_ARROW = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in SAMPLE_ALL_COLUMNS.items()])
+SAMPLE_ARROW = pa.schema([(name, _TYPES[kind][1]) for name, kind in SAMPLE_ALL_COLUMNS.items()])
 
 
 def projection(columns: dict[str, str], present: set[str]) -> str:
@@ -68,7 +62,7 @@ def projection(columns: dict[str, str], present: set[str]) -> str:
     tables of every refresh have the same schema."""
     out = []
     for name, kind in columns.items():
-        sql_type = _SQL_TYPES[kind]
+        sql_type = _TYPES[kind][0]
         value = sql_name(name) if name in present else "NULL"
         if sql_type == "VARCHAR" and name not in KEY_NAMES and name in present:
             value = f"left({value}, {MAX_NAME})"

@@ -209,18 +209,15 @@ def sample_views(run, given: str | None = None) -> None:
     other decrease a reset (the delta is the new value). ``port_xmit_data``/``port_rcv_data``
     count 4-byte words; ``bytes`` holds the delta in bytes where the counter counts bytes.
     """
-    files, layouts = [], set()
-    if not given:
-        files, layouts = usable(run, "host=*/nic-*.parquet", SAMPLE_COLUMNS, SAMPLE_OPTIONAL_COLUMNS)
-    if given:
-        run.con.execute(f"CREATE VIEW samples AS SELECT * FROM {given}")
-    elif files:
+    pattern = "host=*/nic-*.parquet"
+    files, layouts = ([], set()) if given else usable(run, pattern, SAMPLE_COLUMNS, SAMPLE_OPTIONAL_COLUMNS)
+    if files:
         run.sample_files = files
         run.samples_one_layout = len(layouts) == 1
         run.text_columns["samples"] = text_columns(layouts)
         parquet_view(run, "samples", files, run.samples_one_layout)
     else:
-        run.con.execute(f"CREATE VIEW samples AS {NO_SAMPLES}")
+        run.con.execute(f"CREATE VIEW samples AS {f'SELECT * FROM {given}' if given else NO_SAMPLES}")
     run.con.execute("""
         CREATE VIEW counter_deltas AS
         WITH ordered AS (

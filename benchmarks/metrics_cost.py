@@ -3,7 +3,8 @@
 One process records on torch's fake backend (no communication). Several op kinds run (all_reduce,
 all_gather_into_tensor, broadcast, isend/irecv), then the flusher writes them and ``metrics()`` is
 called in batches, alternating with an empty loop of the same length (the floor). The flusher's
-part is timed directly: ``Totals.add`` on the segments of a run of that size. Prints one JSON line.
+part is timed directly: ``Totals.add`` on the segments of a run of that size, and replacing the
+rank's live file (recorder.live) after a flush. Prints one JSON line.
 
     python benchmarks/metrics_cost.py [--calls 20000] [--repeats 9]
 """
@@ -18,13 +19,17 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.testing._internal.distributed.fake_pg import FakeStore
 
 import recorder
 from recorder import _state
+from recorder.groups import GROUPS
+from recorder.records import ISSUE_DTYPE, OPS
 from recorder.tally import Totals
+from recorder.writer import wall_minus_mono
 
 
 def main() -> None:
@@ -75,6 +80,20 @@ def main() -> None:
                 totals.add(part)
                 times.append((time.perf_counter_ns() - t0) / 1e3)
             fold[str(rows)] = round(statistics.median(times), 1)
+        # The rank's live file, replaced after every flush: what the flusher adds for watch (the
+        # state of 1,000 operations taken, 10 still in flight; then the file written).
+        flusher = _state.session.flusher
+        issues = np.zeros(1000, dtype=ISSUE_DTYPE)
+        issues["id"] = np.arange(1000)
+        issues["seq"] = np.arange(1000)
+        issues["op"] = OPS.code("all_reduce")
+        issues["t0"] = time.monotonic_ns()
+        live = []
+        for _ in range(args.repeats * 10):
+            t0 = time.perf_counter_ns()
+            flusher.live.update(issues, issues[-10:], GROUPS, wall_minus_mono())
+            flusher._write_live(False)
+            live.append((time.perf_counter_ns() - t0) / 1e3)
         ops = sorted(k.split("/")[0] for k in figures if k.endswith("/count"))
         dist.destroy_process_group()
     assert _state.session is None
@@ -90,6 +109,7 @@ def main() -> None:
                 "ops_in_figures": ops,
                 "figures": len(figures),
                 "fold_us_per_segment": fold,
+                "live_file_us_per_flush": round(statistics.median(live), 1),
                 "python": sys.version.split()[0],
                 "torch": torch.__version__,
             }

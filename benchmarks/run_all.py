@@ -358,6 +358,8 @@ def main() -> None:
         m, fold = r["metrics_call_us"], r["fold_us_per_segment"]
         figure = f"{_spread(m['min'], m['median'], m['max'], ' us')} a call ({r['figures']} figures); the flusher "
         figure += f"folds a segment into the totals in {fold['100']} us (100 rows), {fold['10000']} us (10,000 rows)"
+        if "live_file_us_per_flush" in r:
+            figure += f"; the rank's live file (for watch) costs {r['live_file_us_per_flush']} us a flush"
         add("recorder.metrics(), per call", command, figure, "cheap enough to call every step", None)
     if want("segments"):
         command = [py, "benchmarks/segment_count.py", "--repeats", "3"]

@@ -10,7 +10,8 @@ saying what it is blocked in. The last flush of a closing rank marks it ``closed
 
 The file is written by the flusher thread, after each flush: a few hundred bytes under a hidden
 temporary name, then renamed over the old one, so a reader sees the old file or the new one, whole
-(tens of microseconds a flush, off the hot path; benchmarks/live_cost.py).
+(about half a millisecond of the flusher's thread a flush on our 2-core VM, the rename most of it;
+nothing on the hot path: benchmarks/metrics_cost.py).
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ the interval: ``count``; ``busbw_GBps``, the sum of S x bus factor over the sum 
 the factor as nccl-tests define them, n the group's size: the analysis' ``collectives`` uses the
 transfer time after the last arrival, which one rank cannot know, so this is lower where the rank
 waited for others); ``latency_ms`` and ``max_latency_ms``, the mean and longest duration; and
-``wait_ms``, the mean time it waited for the rest of the group: its duration beyond the shortest it
-has seen for that op and size (when it was the last to arrive, the collective took only the
-transfer). A rank the others wait for, a straggler, waits least. ``comm_busy_s`` is the time with an
+``wait_ms``, the mean duration beyond the shortest the rank has seen for that op and size: where it
+has at some point arrived last (the collective then took only the transfer), its time waiting for
+the group; a rank that has always waited the same reads near 0 (one rank cannot tell that waiting
+from the transfer; docs/metrics.md). ``comm_busy_s`` is the time with an
 operation in flight (overlapping ones counted once), ``comm_share`` that over the interval;
 ``dropped_events`` the events not recorded. Where this process samples its host's counters (one
 rank per host does), ``host/rx_Bps``, ``host/tx_Bps`` (every interface but loopback),

@@ -156,3 +156,16 @@ def test_several_groups_count_and_the_step_follows_the_group_every_rank_is_in(tm
     by_rank = {r["rank"]: r for r in outside(run).to_dicts()}
     assert by_rank[3]["longer_ms"] == pytest.approx(4.0, rel=0.05) and by_rank[3]["steps_longer"] >= 18
     assert [s["rank"] for s in diagnose(run)["stragglers"]] == [3]
+
+
+def test_in_a_three_rank_job_a_longer_pause_stands_out_more(tmp_path):
+    """With three ranks, a rank's reference (the median of the other two) holds half the
+    straggler's pause, so the others' excess moves with it. Taken as noise, that capped the
+    straggler's score near 6.5 in 24 steps whatever its pause (6.25, 6.48, 6.57 for 2, 6 and 20 ms);
+    the noise is each rank's variation around its own median, and the score follows the pause."""
+    z = {}
+    for pause in (2.0, 20.0):
+        run = _ddp(tmp_path / str(pause), n=3, pause=(1, pause))
+        z[pause] = {r["rank"]: r["outside_z"] for r in outside(run).to_dicts()}
+        assert z[pause][1] > 20 and max(z[pause][0], z[pause][2]) < 0, z
+    assert z[20.0][1] > 5 * z[2.0][1], z

@@ -1,7 +1,8 @@
 """recorder.metrics() from a training loop, logged to TensorBoard by rank 0 (recorder.callbacks).
 
 Launch with torchrun (2 ranks) under COMMTRACE_DIR. Each step: two all_reduces of 64 KiB (rank 1
-waits --slow-ms before each step, so rank 0 waits for it in every collective). Every 5 steps rank 0
+waits --slow-ms before each step, so rank 0 waits for it in the first all_reduce of each step; the
+second, which both issue at once, takes the transfer alone). Every 5 steps rank 0
 logs the figures; at the end every rank flushes and writes metrics() (everything since its last
 call) to $JOB_OUT/metrics<rank>.json.
 """
