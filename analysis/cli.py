@@ -210,6 +210,25 @@ COMMANDS = (
         standard=False,
     ),
     Command(
+        "import",
+        C.cmd_import,
+        "a run directory from PyTorch Flight Recorder dumps or NCCL Inspector logs, for every command here",
+        "analyze-trace import fr /tmp/fr_dumps -o traces/job-1234-fr",
+        (
+            ("source", {"choices": ["fr", "inspector"], "help": "fr: Flight Recorder dumps (pickle or JSON); "
+             "inspector: NCCL Inspector JSON lines or Prometheus files"}),
+            ("paths", {"nargs": "+", "metavar": "PATH", "help": "files, or folders of them"}),
+            ("-o", "--output", {"required": True, "help": "the run directory to write (must not exist)"}),
+            ("--format", {"choices": ("table", "json"), "default": "table"}),
+        ),
+        "Write a commtrace run directory from the record a job already left: PyTorch Flight Recorder dumps "
+        "(one file per rank, named with its rank at the end, as torch writes them; a pickled dump is read as "
+        "plain values, never run) or NCCL Inspector logs. Every other command then reads it, and says what "
+        "the source cannot tell (the run's metadata lists it). The inputs are only read; the output must not "
+        "exist.",
+        standard=False,
+    ),
+    Command(
         "report",
         C.cmd_report,
         "one self-contained HTML file: what was flagged, plots, tables (optionally against another run)",

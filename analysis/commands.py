@@ -287,6 +287,25 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    if args.source == "fr":
+        from analysis.flightrec import import_dumps as read
+    else:
+        from analysis.inspector import import_logs as read
+    done = read(args.paths, args.output)
+    if args.format == "json":
+        print(json.dumps(done, indent=1))
+        return 0
+    source = done["source"]
+    skipped = f" ({done['skipped']:,} unreadable, left out)" if done["skipped"] else ""
+    print(f"wrote {args.output}: {done['ranks']} ranks, {done['entries']:,} {source['name']} entries{skipped}")
+    print("what the source cannot tell:")
+    for line in source["limits"].values():
+        print(f"  - {line}")
+    print(f"next: analyze-trace diagnose {args.output}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis import report
     from analysis.export import check_new_file

@@ -98,11 +98,16 @@ class PacketLoss(Record):
 
 @dataclass
 class Hang(Record):
+    """``stacks``: where a source recorded them (Flight Recorder's frames), the call stack of each
+    stuck rank's call, innermost frame first: ``[{"rank", "frames": ["name (file:line)", ...]}]``."""
+
     pg: str
     seq: int
     op: str | None
     missing_ranks: list[int]
     stuck_ranks: list[int]
+    stacks: list[dict] | None = None
+    OPTIONAL = ("stacks",)
 
 
 @dataclass
@@ -139,3 +144,6 @@ class Report(Record):
     dead_ranks: list[DeadRank] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     recording: list[dict] = field(default_factory=list)  # analysis.health.findings
+    # An imported run's source (analysis.importing): its kind, version, and what it cannot tell.
+    source: dict | None = None
+    OPTIONAL = ("source",)

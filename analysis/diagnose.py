@@ -132,7 +132,11 @@ def _outside_verdict(r: dict, t: Thresholds) -> tuple[str, bool]:
 
 
 def _lateness_verdict(r: dict, host, bad_link_hosts: set, t: Thresholds) -> tuple[str, bool]:
+    """The lateness gates in order. Without completion times (an imported source that has none),
+    the share of lateness spent outside communication is unknown and its gate is not applied: the
+    verdict says that a slow rank and the rank's slow link cannot be told apart."""
     share = r["compute_share"] or 0.0
+    unknown_share = r["compute_share"] is None and r.get("mean_gap_ms") is None
     if r["outlier_score"] is None:
         return "too few collectives to judge", False
     if r["outlier_score"] <= t.straggler_score:
@@ -142,7 +146,7 @@ def _lateness_verdict(r: dict, host, bad_link_hosts: set, t: Thresholds) -> tupl
         return f"late by only {late} on average (under {text.duration_ms(t.straggler_min_lateness_ms)})", False
     if r["times_last"] < t.straggler_min_times_last:
         return f"last only {r['times_last']} times (under {t.straggler_min_times_last})", False
-    if share < t.straggler_min_compute_share:
+    if share < t.straggler_min_compute_share and not unknown_share:
         return (
             f"only {text.percent(share)} of its lateness is time outside communication (under "
             f"{text.percent(t.straggler_min_compute_share)}): it starts late because its collectives end late",
@@ -150,6 +154,13 @@ def _lateness_verdict(r: dict, host, bad_link_hosts: set, t: Thresholds) -> tupl
         )
     if host is not None and host in bad_link_hosts:
         return f"behind the bad link of {text.clean(host)}: the link is the finding", False
+    if unknown_share:
+        late = text.duration_ms(r["mean_lateness_ms"])
+        return (
+            f"a late rank: {late} after the first on average, last {r['times_last']} times (no completion "
+            "times in the source, so a slow rank cannot be told from a slow link)",
+            True,
+        )
     return f"a slow rank: {text.percent(share)} of its lateness is time spent outside communication", True
 
 
@@ -165,6 +176,17 @@ def judged_stragglers(
     return judge_stragglers(frame, hosts, bad_link_hosts(report["slow_links"], report["packet_loss"]), thresholds)
 
 
+def _stacks(run: Run, hang: dict) -> list[dict] | None:
+    """The stuck ranks' call stacks in the hung collective, where the source recorded them."""
+    found = []
+    for rank in hang["stuck_ranks"]:
+        for stack in run.ranks.get(rank, {}).get("stacks") or []:
+            if stack.get("pg") == hang["pg"] and stack.get("seq") == hang["seq"] and stack.get("frames"):
+                found.append({"rank": rank, "frames": stack["frames"]})
+                break
+    return found or None
+
+
 def diagnose(run: Run, thresholds: Thresholds = Thresholds()) -> dict:
     """The report (the JSON contract above, built from the typed records of analysis.contract)."""
     hosts_by_rank = {r: m.get("host") for r, m in run.ranks.items()}
@@ -177,11 +199,12 @@ def diagnose(run: Run, thresholds: Thresholds = Thresholds()) -> dict:
         stragglers=_stragglers(run, thresholds, hosts_by_rank, bad_link_hosts(slow_links, packet_loss)),
         slow_links=slow_links,
         packet_loss=packet_loss,
-        hangs=[Hang(**r) for r in findings.hangs(run).to_dicts()],
+        hangs=[Hang(**r, stacks=_stacks(run, r)) for r in findings.hangs(run).to_dicts()],
         desyncs=[Desync(**r) for r in findings.desyncs(run).to_dicts()],
         dead_ranks=_dead_ranks(run, thresholds, hosts_by_rank),
         problems=list(run.problems),
         recording=health.findings(run),
+        source=run.source,
     ).as_dict()
     named = [x["pg"] for x in report["hangs"] + report["desyncs"]] + [x["last_pg"] for x in report["dead_ranks"]]
     report["findings"] = sentences(report, run.group_labels(named))

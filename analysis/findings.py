@@ -196,7 +196,7 @@ def hangs(run: Run) -> pl.DataFrame:
             {observed}
         ),
         ops AS (
-            SELECT pg, seq, rank, op, t_end_ns IS NOT NULL AND status = 'ok' AS done
+            SELECT pg, seq, rank, op, status = 'ok' AS done
             FROM {events} WHERE op NOT IN {P2P_OPS_SQL}
         ),
         -- The instances table counts, per (pg, seq), the ranks that finished; only the first

@@ -24,10 +24,13 @@ def arrivals_ctes(run: Run) -> str:
     # Only instances every member recorded and completed count. Where the segments' footers prove
     # that of every instance (Run.settled), the counts that would check it, and the filter on
     # them, are left out.
+    # An imported source that knows an operation completed but not when (Flight Recorder on gloo)
+    # has status 'ok' and no end: such a run counts statuses (the recorder's own never needs to).
     if run.settled():
         counts, full = "", ""
     else:
-        counts = ", count(*) AS ranks, count(t_end_ns) AS ended, any_value(pg_size) AS pg_size"
+        ended = "count(*) FILTER (WHERE status = 'ok')" if run.untimed else "count(t_end_ns)"
+        counts = f", count(*) AS ranks, {ended} AS ended, any_value(pg_size) AS pg_size"
         full = "WHERE i.ranks = i.pg_size AND i.ended = i.ranks"
     return f"""
         events AS (
@@ -37,7 +40,8 @@ def arrivals_ctes(run: Run) -> str:
             -- than the two columns, and merging two instances would need a hash collision between
             -- them. Only the start is moved onto rank 0's clock (lateness compares ranks); gaps
             -- within one rank need no offset, which cancels out.
-            SELECT rank, hash(pg, seq) AS key, pg_size, t_start_ns, t_end_ns, t_start_ns + {run.shift_sql} AS start_ns
+            SELECT rank, hash(pg, seq) AS key, pg_size, t_start_ns, t_end_ns, t_start_ns + {run.shift_sql} AS start_ns{
+                ", status" if run.untimed else ""}
             FROM raw_collectives
             WHERE op NOT IN {P2P_OPS_SQL} AND op NOT IN ('barrier', 'monitored_barrier')
         ),

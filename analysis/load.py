@@ -162,6 +162,16 @@ class Run:
         return max(sizes) if sizes else self.run_meta.get("world_size")
 
     @property
+    def source(self) -> dict | None:
+        """Where an imported run's events came from (analysis.importing), or None for a recorded run."""
+        return self.run_meta.get("source")
+
+    @property
+    def untimed(self) -> bool:
+        """An imported run whose source knows that operations completed but not when."""
+        return (self.source or {}).get("end_times") is False
+
+    @property
     def hosts(self) -> list[str]:
         return sorted({str(m.get("host")) for m in self.ranks.values() if m.get("host")})
 

@@ -212,8 +212,26 @@ _JOB_FIELDS = {
     "recorder_version": _text(),
     "schema_version": _int(0, 1 << 31),
 }
+# An imported run (analysis.importing): where its events came from and what that source cannot tell.
+_SOURCE = _record(
+    {
+        "kind": _text(),
+        "name": _text(),
+        "version": _text(),
+        "backends": _list_of(_text(), 64),
+        "files": _list_of(_text(MAX_MESSAGE), MAX_RANKS),
+        "entries": _int(0, MAX_COUNT),
+        "entries_skipped": _int(0, MAX_COUNT),
+        "end_times": _flag,
+        "limits": _map_of(_text(MAX_MESSAGE), 64),
+    }
+)
+# The stacks of the calls a rank had in flight, innermost frame first (Flight Recorder's frames).
+_STACK = _record({"pg": _text(), "seq": _int(-1, MAX_COUNT), "op": _text(), "frames": _list_of(_text(512), 64)})
 RANK_FIELDS = {
     **_JOB_FIELDS,
+    "source": _SOURCE,
+    "stacks": _list_of(_STACK, 64),
     "rank": _int(0, MAX_RANKS - 1),
     "local_rank": _int(0, MAX_RANKS - 1),
     "host": _text(),
@@ -256,7 +274,7 @@ LIVE_FIELDS = {
     "dropped": _int(0, MAX_COUNT),
     "closed": _flag,
 }
-RUN_FIELDS = {**_JOB_FIELDS, "created_ns": _int(0, 1 << 62), "created_by_host": _text()}
+RUN_FIELDS = {**_JOB_FIELDS, "created_ns": _int(0, 1 << 62), "created_by_host": _text(), "source": _SOURCE}
 
 
 def typed(value, fields: dict, name: str, problems: list[str]) -> dict:

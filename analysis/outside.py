@@ -208,6 +208,8 @@ def outside(run: Run) -> pl.DataFrame:
     whole job does not move); step_ms (median step time, issue of a step's first operation to the
     next step's).
     """
+    if run.untimed:  # no completion times: the time outside communication is not known
+        return pl.DataFrame(schema=OUTSIDE_SCHEMA)
     per_step = steps_outside(run).filter(pl.col("excess_ms").is_not_null())
     if per_step.height == 0:
         return pl.DataFrame(schema=OUTSIDE_SCHEMA)

@@ -101,21 +101,7 @@ def sentences(report: dict, labels: dict[str, str]) -> list[dict]:
                 f"{_group(d['last_pg'], labels)}, {text.clean(d['last_status'])}",
             }
         )
-    for h in report["hangs"]:
-        parts = []
-        if h["missing_ranks"]:
-            parts.append(f"ranks {text.ranks(h['missing_ranks'])} never issued it")
-        if h["stuck_ranks"]:
-            parts.append(f"ranks {text.ranks(h['stuck_ranks'])} are stuck in it")
-        out.append(
-            {
-                "kind": "hang",
-                "pg": h["pg"],
-                "seq": h["seq"],
-                "summary": f"{_group(h['pg'], labels)} stopped at seq {h['seq']} ({text.clean(h['op'] or '?')}): "
-                + ", ".join(parts),
-            }
-        )
+    out += [_hang(h, labels) for h in report["hangs"]]
     for d in report["desyncs"]:
         if d["kind"] == "op":
             what = f"called {text.clean(d['culprit_op'])} where the others called {text.clean(d['expected_op'])}"
@@ -138,6 +124,11 @@ def sentences(report: dict, labels: dict[str, str]) -> list[dict]:
         )
         if s.get("outside_z") is not None:
             summary = f"{_who(s['rank'], s['host'])} {outside_words(s)}; it {late}"
+        elif s["compute_share"] is None:
+            summary = (
+                f"{_who(s['rank'], s['host'])} {late}; the source has no completion times, so a slow rank cannot "
+                "be told from a slow link"
+            )
         else:
             summary = (
                 f"{_who(s['rank'], s['host'])} {late}; {text.percent(s['compute_share'])} of its lateness is time "
@@ -147,10 +138,47 @@ def sentences(report: dict, labels: dict[str, str]) -> list[dict]:
     return out
 
 
+def _hang(h: dict, labels: dict[str, str]) -> dict:
+    parts = []
+    if h["missing_ranks"]:
+        parts.append(f"ranks {text.ranks(h['missing_ranks'])} never issued it")
+    if h["stuck_ranks"]:
+        parts.append(f"ranks {text.ranks(h['stuck_ranks'])} are stuck in it")
+    for stack in (h.get("stacks") or [])[:1]:
+        parts.append(f"rank {stack['rank']} called it from {text.clean(_caller(stack['frames']))}")
+    return {
+        "kind": "hang",
+        "pg": h["pg"],
+        "seq": h["seq"],
+        "summary": f"{_group(h['pg'], labels)} stopped at seq {h['seq']} ({text.clean(h['op'] or '?')}): "
+        + ", ".join(parts),
+    }
+
+
+def _caller(frames: list[str]) -> str:
+    """The innermost frame of a stack outside torch.distributed and commtrace's recorder: the
+    caller's own code (the innermost frame if every one is in those)."""
+    for frame in frames:
+        if "/torch/" not in frame and "/recorder/" not in frame:
+            return frame
+    return frames[0]
+
+
+def source_lines(source: dict | None) -> list[str]:
+    """An imported run's source and what it cannot tell, for the head of a report."""
+    if not source:
+        return []
+    backends = ", ".join(text.clean(b) for b in source.get("backends") or [])
+    name = f"{text.clean(source.get('name') or source.get('kind'))} {text.clean(source.get('version') or '')}"
+    lines = [f"imported from {name}" + (f" ({backends})" if backends else "") + "; what it cannot tell:"]
+    return lines + [f"  - {text.clean(line)}" for line in (source.get("limits") or {}).values()]
+
+
 def describe(report: dict) -> list[str]:
     """diagnose's report for people: the job's findings, then the recording's health, a sentence each."""
     hosts = ", ".join(text.clean(h) for h in report["hosts"]) or "?"
-    lines = [f"run {text.clean(report['run_id'])}: world size {report['world_size']}, hosts {hosts}", ""]
+    lines = [f"run {text.clean(report['run_id'])}: world size {report['world_size']}, hosts {hosts}"]
+    lines += source_lines(report.get("source")) + [""]
     job = report["findings"]
     if job:
         lines.append(f"the job: {len(job)} finding{'s' if len(job) > 1 else ''}")

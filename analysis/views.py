@@ -267,9 +267,10 @@ def build_instances(run) -> None:
     """The ``instances`` table: one row per collective instance (pg, seq), p2p left out.
 
     Columns: key (hash(pg, seq): a one-column join key back to the events), op, pg_size, ranks
-    (members that recorded it), done_ranks (completed it, ok), complete (every recorded one has an
-    end), ok (every status ok), disagree (members' op, size or dtype differ), bytes_in/bytes_out
-    (max), first_start_ns, last_start_ns, last_end_ns, last_rank (the last arriver). The findings
+    (members that recorded it), done_ranks (completed it, ok: an imported source may know that
+    an operation completed but not when), complete (every recorded one has an end), ok (every
+    status ok), disagree (members' op, size or dtype differ), bytes_in/bytes_out (max),
+    first_start_ns, last_start_ns, last_end_ns, last_rank (the last arriver). The findings
     share it: one pass over the collectives instead of one per finding, and a table ~pg_size
     times smaller than the events it summarises.
     """
@@ -288,7 +289,7 @@ def _instances(run) -> None:
                max(t_end_ns) AS last_end_ns, arg_max(rank, t_start_ns) AS last_rank
         FROM (
             SELECT pg, seq, op, pg_size, rank, status, bytes_in, bytes_out, t_start_ns, t_end_ns,
-                   t_end_ns IS NOT NULL AND status = 'ok' AS ok_end,
+                   status = 'ok' AS ok_end,
                    hash(op, {SIGNATURE_SIZE_SQL}, dtype) AS signature
             FROM collectives WHERE op NOT IN {P2P_OPS_SQL}
         )
