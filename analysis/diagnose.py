@@ -136,7 +136,7 @@ def _lateness_verdict(r: dict, host, bad_link_hosts: set, t: Thresholds) -> tupl
     the share of lateness spent outside communication is unknown and its gate is not applied: the
     verdict says that a slow rank and the rank's slow link cannot be told apart."""
     share = r["compute_share"] or 0.0
-    unknown_share = r["compute_share"] is None and r.get("mean_gap_ms") is None
+    unknown_share = r.get("mean_gap_ms") is None
     if r["outlier_score"] is None:
         return "too few collectives to judge", False
     if r["outlier_score"] <= t.straggler_score:

@@ -132,8 +132,10 @@ def stragglers(run: Run, min_skew_ms: float = 1.0) -> pl.DataFrame:
                round(mean_lateness_ms, 3) AS mean_lateness_ms,
                round(p95_ns / 1e6, 3) AS p95_lateness_ms, mean_lateness_ms AS _mean,
                round(mean_gap_ms, 3) AS mean_gap_ms,
-               round(least(greatest((mean_gap_ms - gap_center) / nullif(mean_lateness_ms, 0), 0), 1), 2)
-                   AS compute_share
+               -- (greatest/least skip nulls: without completion times the share is unknown, not 0)
+               CASE WHEN mean_gap_ms IS NOT NULL THEN
+                   round(least(greatest((mean_gap_ms - gap_center) / nullif(mean_lateness_ms, 0), 0), 1), 2)
+               END AS compute_share
         FROM per_rank JOIN p95 USING (rank), spread
         ORDER BY rank
     """,

@@ -1,10 +1,11 @@
 """A 3-rank gloo job recorded by commtrace and by PyTorch's Flight Recorder at once, that desyncs and
 then hangs, each rank dumping its Flight Recorder while the job is stuck.
 
-Ops: all_reduce, broadcast, all_gather, all_gather_into_tensor, reduce, gather, scatter, barrier,
-a send/recv pair, an all_reduce on a subgroup of ranks 0 and 1; then a desync gloo lets through
-(rank 2 all_reduces 512 float16 elements where the others all_reduce 256 float32 ones: the byte
-counts agree); then a hang (rank 2 never issues the last all_reduce; ranks 0 and 1 block in it).
+Ops: eight all_reduces to which rank 1 comes 20 ms late (a slow rank); broadcast, all_gather,
+all_gather_into_tensor, reduce, gather, scatter, barrier, a send/recv pair, an all_reduce on a
+subgroup of ranks 0 and 1; then a desync gloo lets through (rank 2 all_reduces 512 float16 elements
+where the others all_reduce 256 float32 ones: the byte counts agree); then a hang (rank 2 never
+issues the last all_reduce; ranks 0 and 1 block in it).
 A thread on every rank writes the rank's Flight Recorder dump, as torch pickles it and as JSON, to
 $JOB_OUT/pickle/trace_rank_<rank> and $JOB_OUT/json/trace_rank_<rank>, DUMP_AFTER_S seconds after the
 rank reached the hang, then $JOB_OUT/done<rank>; the test then ends the job.
@@ -37,7 +38,9 @@ def main() -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     pair = dist.new_group([0, 1])
     t = torch.ones(64)
-    for _ in range(3):
+    for _ in range(8):
+        if rank == 1:
+            time.sleep(0.02)
         dist.all_reduce(t)
     dist.broadcast(t, src=1)
     dist.all_gather([torch.empty(64) for _ in range(world)], t)
