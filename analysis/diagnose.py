@@ -296,7 +296,7 @@ def _dead_ranks(run: Run, thresholds: Thresholds, hosts_by_rank: dict) -> list[D
         SELECT rank, arg_max(op, t_start_ns) AS last_op, arg_max(pg, t_start_ns) AS last_pg,
                arg_max(seq, t_start_ns) AS last_seq, arg_max(status, t_start_ns) AS last_status,
                max(coalesce(t_end_ns, t_start_ns)) AS last_event_ns
-        FROM collectives GROUP BY rank ORDER BY rank
+        FROM collectives WHERE t_start_ns IS NOT NULL GROUP BY rank ORDER BY rank
     """).to_dicts()
     if not last:
         return []

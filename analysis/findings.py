@@ -90,10 +90,18 @@ def _instances_sql(run: Run) -> str:
     transfer_ns = last completion - last arrival: the time the data moved once everyone was there
     (a fast rank's own duration includes waiting for late peers, so it is not used for bandwidth).
     """
+    # An imported run without times (NCCL Inspector without verbose output) has each rank's device
+    # time: the last rank to arrive waits least, so the shortest is the transfer.
+    timed = "(complete OR min_gpu_ns IS NOT NULL)" if run.untimed else "complete"
+    transfer = (
+        "CASE WHEN complete THEN last_end_ns - last_start_ns ELSE min_gpu_ns END"
+        if run.untimed
+        else "last_end_ns - last_start_ns"
+    )
     return f"""
-        SELECT *, {formulas.family_sql("op")} AS family
+        SELECT *, {formulas.family_sql("op")} AS family, {transfer} AS transfer_raw_ns
         FROM instances
-        WHERE op NOT IN ('barrier', 'monitored_barrier') AND ranks = pg_size AND complete
+        WHERE op NOT IN ('barrier', 'monitored_barrier') AND ranks = pg_size AND {timed}
     """
 
 
@@ -113,7 +121,7 @@ def collectives(run: Run) -> pl.DataFrame:
         WITH inst AS ({_instances_sql(run)}),
         sized AS (
             SELECT *, {formulas.message_bytes_sql()} AS size_bytes,
-                   greatest(last_end_ns - last_start_ns, 1) AS transfer_ns,
+                   greatest(transfer_raw_ns, 1) AS transfer_ns,
                    {formulas.bus_factor_sql()} AS factor
             FROM inst WHERE ok
         )
@@ -138,7 +146,7 @@ def straggler_instances(run: Run) -> pl.DataFrame:
     return run.sql(f"""
         SELECT pg, seq, op, pg_size, last_rank,
                (last_start_ns - first_start_ns) / 1e6 AS arrival_skew_ms,
-               (last_end_ns - last_start_ns) / 1e6 AS transfer_ms
+               transfer_raw_ns / 1e6 AS transfer_ms
         FROM ({_instances_sql(run)})
         ORDER BY pg, seq
     """)
@@ -278,7 +286,7 @@ def latency(run: Run, max_bytes: int = 65536) -> pl.DataFrame:
     return run.sql(
         f"""
         WITH coll AS (
-            SELECT pg, op, {formulas.message_bytes_sql()} AS size_bytes, (last_end_ns - last_start_ns) / 1e3 AS us
+            SELECT pg, op, {formulas.message_bytes_sql()} AS size_bytes, transfer_raw_ns / 1e3 AS us
             FROM ({_instances_sql(run)}) WHERE ok
         ),
         sends AS (SELECT pg, rank AS src, peer AS dst, seq, t_start_ns, bytes_in FROM collectives

@@ -111,7 +111,10 @@ def write_run(out: str, run_meta: dict, ranks: dict[int, Rank | pa.Table], metas
             folder = os.path.join(tmp, f"rank={rank:05d}")
             os.mkdir(folder)
             tag = f"{rank}-import"
+            # closed: the source's record of the rank is whole as far as it goes (a dump, a log); a
+            # rank the source has nothing of is missing, not dead.
             fields = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "rank": rank, "incarnation": tag}
+            fields["closed"] = True
             _write_json(os.path.join(folder, f"rank-{tag}.json"), {**fields, **meta})
             kv = {"commtrace.schema_version": str(SCHEMA_VERSION), "commtrace.run_id": run_id}
             kv["commtrace.rank"] = str(rank)

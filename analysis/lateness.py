@@ -43,7 +43,8 @@ def arrivals_ctes(run: Run) -> str:
             SELECT rank, hash(pg, seq) AS key, pg_size, t_start_ns, t_end_ns, t_start_ns + {run.shift_sql} AS start_ns{
                 ", status" if run.untimed else ""}
             FROM raw_collectives
-            WHERE op NOT IN {P2P_OPS_SQL} AND op NOT IN ('barrier', 'monitored_barrier')
+            WHERE op NOT IN {P2P_OPS_SQL} AND op NOT IN ('barrier', 'monitored_barrier'){
+                " AND t_start_ns IS NOT NULL" if run.untimed else ""}
         ),
         inst AS (
             SELECT key, min(start_ns) AS first_ns, max(start_ns) AS last_ns{counts} FROM events GROUP BY key

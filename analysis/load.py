@@ -133,6 +133,8 @@ class Run:
         run.superseded = gone
         run.one_layout = len(layouts) == 1
         run.text_columns["raw_segments"] = [c for c in text_columns(layouts) if c not in KEY_NAMES]
+        if (run.source or {}).get("start_times") is False:  # an imported source without times keeps its rows
+            run.row_filter = WHOLE_ROW_SQL.replace(" AND t_start_ns IS NOT NULL", "")
         views.create(run)
         return run
 

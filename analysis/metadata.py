@@ -223,6 +223,7 @@ _SOURCE = _record(
         "entries": _int(0, MAX_COUNT),
         "entries_skipped": _int(0, MAX_COUNT),
         "end_times": _flag,
+        "start_times": _flag,
         "limits": _map_of(_text(MAX_MESSAGE), 64),
     }
 )

@@ -270,7 +270,8 @@ def build_instances(run) -> None:
     (members that recorded it), done_ranks (completed it, ok: an imported source may know that
     an operation completed but not when), complete (every recorded one has an end), ok (every
     status ok), disagree (members' op, size or dtype differ), bytes_in/bytes_out (max),
-    first_start_ns, last_start_ns, last_end_ns, last_rank (the last arriver). The findings
+    first_start_ns, last_start_ns, last_end_ns, last_rank (the last arriver); min_gpu_ns (the shortest
+    device time, only in an imported run without completion times: its transfer time). The findings
     share it: one pass over the collectives instead of one per finding, and a table ~pg_size
     times smaller than the events it summarises.
     """
@@ -286,10 +287,11 @@ def _instances(run) -> None:
                min(signature) <> max(signature) AS disagree,
                max(bytes_in) AS bytes_in, max(bytes_out) AS bytes_out,
                min(t_start_ns) AS first_start_ns, max(t_start_ns) AS last_start_ns,
-               max(t_end_ns) AS last_end_ns, arg_max(rank, t_start_ns) AS last_rank
+               max(t_end_ns) AS last_end_ns, arg_max(rank, t_start_ns) AS last_rank{
+                   ", min(gpu_duration_ns) AS min_gpu_ns" if run.untimed else ""}
         FROM (
             SELECT pg, seq, op, pg_size, rank, status, bytes_in, bytes_out, t_start_ns, t_end_ns,
-                   status = 'ok' AS ok_end,
+                   status = 'ok' AS ok_end{", gpu_duration_ns" if run.untimed else ""},
                    hash(op, {SIGNATURE_SIZE_SQL}, dtype) AS signature
             FROM collectives WHERE op NOT IN {P2P_OPS_SQL}
         )
