@@ -73,6 +73,8 @@ LIMITS = {
     "members_seen": "gloo's pg_config is empty: a group's members are the ranks whose dumps hold its "
     "operations (all dumped ranks for the default group)",
     "ring_buffer": "each dump holds only the last TORCH_FR_BUFFER_SIZE operations of its rank",
+    "aligned": "collectives older than the oldest one every member's dump still holds were left out (a ring "
+    "buffer that wrapped on some ranks only)",
     "no_clock": "each rank's times are its own host's wall clock; no offset between hosts was measured",
 }
 
@@ -323,6 +325,7 @@ def import_dumps(paths: list[str], out: str) -> dict:
     groups, descs, inferred = members(dumps)
     stats = _Stats()
     ranks = {rank: rank_rows(rank, dump, groups, stats) for rank, dump in dumps.items()}
+    cut = _aligned(ranks)
     world = max([max(r) + 1 for pg, r in groups.items() if descs.get(pg) == "default_pg"] + [max(dumps) + 1])
     limits = ["ring_buffer", "no_root"]
     if stats.untimed:
@@ -335,6 +338,8 @@ def import_dumps(paths: list[str], out: str) -> dict:
         limits.append("p2p_seq")
     if inferred:
         limits.append("members_seen")
+    if cut:
+        limits.append("aligned")
     limits.append("no_clock")
     source = {
         "kind": "flight_recorder",
@@ -347,6 +352,8 @@ def import_dumps(paths: list[str], out: str) -> dict:
         "end_times": stats.untimed == 0,
         "limits": {key: LIMITS[key] for key in limits},
     }
+    if cut:
+        source["limits"]["aligned"] += " (" + ", ".join(f"group {pg}: {n:,}" for pg, n in sorted(cut.items())) + ")"
     run_id = importing.new_run_id("fr")
     for rank, data in ranks.items():
         mine = [{"pg": pg, "desc": descs.get(pg), "size": len(r), "ranks": r, "backend": _backend(stats)}
@@ -355,6 +362,35 @@ def import_dumps(paths: list[str], out: str) -> dict:
     run_meta = {"run_id": run_id, "world_size": world, "source": source, "created_ns": _created(ranks)}
     importing.write_run(out, run_meta, ranks)
     return {"run": out, "ranks": len(ranks), "entries": stats.entries, "skipped": stats.skipped, "source": source}
+
+
+def _aligned(ranks: dict[int, importing.Rank]) -> dict[str, int]:
+    """Leave out of each rank's events the collectives of a group older than the oldest one every
+    member's dump still holds (as torchfrtrace aligns dumps): a ring buffer that wrapped on one rank
+    and not on another must not read as a rank that never issued them. Returns, per group, how many
+    events were left out."""
+    first: dict[str, int] = {}
+    for data in ranks.values():
+        c = data.columns
+        oldest: dict[str, int] = {}
+        for pg, seq, op in zip(c["pg"], c["seq"], c["op"], strict=True):
+            if op not in ("send", "recv") and seq < oldest.get(pg, seq + 1):
+                oldest[pg] = seq
+        for pg, seq in oldest.items():
+            first[pg] = max(first.get(pg, seq), seq)
+    cut: dict[str, int] = {}
+    for data in ranks.values():
+        c = data.columns
+        drop = [i for i, (pg, seq, op) in enumerate(zip(c["pg"], c["seq"], c["op"], strict=True))
+                if op not in ("send", "recv") and seq < first[pg]]  # fmt: skip
+        if not drop:
+            continue
+        for i in drop:
+            cut[c["pg"][i]] = cut.get(c["pg"][i], 0) + 1
+        gone = set(drop)
+        for name, values in c.items():
+            c[name] = [v for i, v in enumerate(values) if i not in gone]
+    return cut
 
 
 def _backend(stats: _Stats) -> str | None:

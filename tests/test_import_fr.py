@@ -201,3 +201,62 @@ def test_an_existing_output_is_never_written_over(tmp_path, capsys):
     assert main(["import", "fr", str(fixtures / "rank0.json"), "-o", str(tmp_path / "new"), "--format", "json"]) == 0
     done = json.loads(capsys.readouterr().out)
     assert done["ranks"] == 1 and done["entries"] == 4 and done["source"]["version"] == "2.10"
+
+
+def _entry(record_id, pg, seq, name, sizes, state="completed", t=0, **extra):
+    """One entry as ProcessGroupNCCL's Flight Recorder writes it (FlightRecorderDetail.hpp, version 2.10)."""
+    return {
+        "record_id": record_id, "pg_id": int(pg[0]), "process_group": list(pg), "collective_seq_id": seq,
+        "p2p_seq_id": 0, "op_id": record_id + 1, "profiling_name": f"nccl:{name}", "time_created_ns": t,
+        "input_sizes": sizes, "input_dtypes": ["BFloat16"] * len(sizes), "output_sizes": sizes,
+        "output_dtypes": ["BFloat16"] * len(sizes), "state": state, "retired": state == "completed",
+        "time_discovered_started_ns": t + 1000 if state != "scheduled" else None,
+        "time_discovered_completed_ns": t + 5_000_000 if state == "completed" else None,
+        "duration_ms": 4.0 if state == "completed" else None, "timeout_ms": 600000, "is_p2p": False,
+        "frames": [{"name": "train_step", "filename": "train.py", "line": 42}], **extra,
+    }  # fmt: skip
+
+
+def test_nccl_dumps_ring_buffers_coalesced_groups_and_peers(tmp_path):
+    """NCCL-shaped dumps: pg_config names the members, times are the watchdog's, a coalesced pair of
+    all_reduces is one event, sends name their peers as global ranks, rank 1's ring buffer no longer
+    holds the group's first collectives (not a hang), and rank 3 is still inside the last one."""
+    world, pair = ("0", "default_pg"), ("1", "tp")
+    config = {
+        "0": {"name": "0", "desc": "default_pg", "ranks": "[0, 1, 2, 3]"},
+        "1": {"name": "1", "desc": "tp", "ranks": "[2, 3]"},
+    }
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    t0 = 1_700_000_000_000_000_000
+    for rank in range(4):
+        entries = []
+        first = 3 if rank == 1 else 1  # rank 1's buffer wrapped past seqs 1 and 2
+        for seq in range(first, 7):
+            state = "started" if (seq == 6 and rank == 3) else "completed"
+            entries.append(_entry(len(entries) + 10 * seq, world, seq, "all_reduce", [[1024]], state, t0 + seq * 10**8))
+        if rank in (2, 3):
+            entries.append(_entry(100, pair, 1, "all_reduce", [[8]], t=t0))
+            entries.append(_entry(101, pair, 1, "all_reduce", [[16]], t=t0))
+            entries.append(_entry(102, pair, 1, "coalesced", [], t=t0))
+            name = "send 0->1" if rank == 2 else "recv 1<-0"
+            entries.append(_entry(103, pair, 1, name, [[64]], t=t0, is_p2p=True))
+        dump = {"version": "2.10", "pg_config": config, "pg_status": {}, "entries": entries}
+        (dumps / f"nccl_trace_rank_{rank}").write_bytes(pickle.dumps(dump, protocol=2))
+    out = tmp_path / "run"
+    assert main(["import", "fr", str(dumps), "-o", str(out)]) == 0
+    run = Run.open(out)
+    limits = run.source["limits"]
+    assert "discovered_end" in limits and "aligned" in limits
+    assert "members_seen" not in limits and "no_end_times" not in limits
+    assert {pg: sorted(r) for pg, r in run.members.items()} == {"0": [0, 1, 2, 3], "1": [2, 3]}
+    rows = {(r["rank"], r["pg"], r["op"]): r for r in run.sql("SELECT * FROM raw_collectives").to_dicts()}
+    coalesced = rows[(2, "1", "all_reduce_coalesced")]
+    assert coalesced["bytes_in"] == (8 + 16) * 2 and coalesced["coalesced"] and coalesced["seq"] == 0
+    assert rows[(2, "1", "send")]["peer"] == 3 and rows[(3, "1", "recv")]["peer"] == 2
+    done = rows[(0, "0", "all_reduce")]
+    assert done["gpu_duration_ns"] == 4_000_000 and done["t_end_ns"] - done["t_start_ns"] == 5_000_000
+    assert run.sql("SELECT min(seq) AS s FROM raw_collectives WHERE pg = '0'")["s"][0] == 2  # FR seq 3, from 0
+    report = diagnose.diagnose(run)
+    assert _verdicts(report) == ([("0", 5, "all_reduce", [], [3])], [])
+    assert report["hangs"][0]["stacks"] == [{"rank": 3, "frames": ["train_step (train.py:42)"]}]
