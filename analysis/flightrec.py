@@ -23,44 +23,20 @@ gloo's ``pg_config`` is empty, so a subgroup's members are the ranks whose dumps
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import os
 
-from analysis import importing, safepickle
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from analysis import frentries, importing, safepickle
 from analysis.segments import TraceError
 
 MAX_BYTES = safepickle.MAX_BYTES
-# Flight Recorder's op names (torch/distributed/flight_recorder/components/types.py) -> the recorder's.
-OPS = {
-    "_broadcast_oop": "broadcast",
-    "_reduce_oop": "reduce",
-    "all_gather_single": "all_gather_into_tensor",
-    "_all_gather_base": "all_gather_into_tensor",
-    "all_gather_v": "all_gather",
-    "reduce_scatter_single": "reduce_scatter_tensor",
-    "_reduce_scatter_base": "reduce_scatter_tensor",
-    "reduce_scatter_v": "reduce_scatter",
-    "all_to_all_v_single": "all_to_all_single",
-    "allreduce_coalesced": "all_reduce_coalesced",
-    "all_reduce_barrier": "barrier",
-}
-COALESCED = {
-    "all_reduce": "all_reduce_coalesced",
-    "all_gather": "all_gather_coalesced",
-    "all_gather_into_tensor": "all_gather_into_tensor_coalesced",
-    "reduce_scatter_tensor": "reduce_scatter_tensor_coalesced",
-}
-NOT_OPERATIONS = {"coalesced", "split", "new_window"}  # markers and communicator set-up, not data movement
-# c10::ScalarType names -> (the recorder's dtype name, bytes per element).
-DTYPES = {
-    "Float": ("float32", 4), "Double": ("float64", 8), "Half": ("float16", 2), "BFloat16": ("bfloat16", 2),
-    "Long": ("int64", 8), "Int": ("int32", 4), "Short": ("int16", 2), "Char": ("int8", 1), "Byte": ("uint8", 1),
-    "Bool": ("bool", 1), "ComplexFloat": ("complex64", 8), "ComplexDouble": ("complex128", 16),
-    "ComplexHalf": ("complex32", 4), "UInt16": ("uint16", 2), "UInt32": ("uint32", 4), "UInt64": ("uint64", 8),
-    "Float8_e4m3fn": ("float8_e4m3fn", 1), "Float8_e5m2": ("float8_e5m2", 1),
-    "Float8_e4m3fnuz": ("float8_e4m3fnuz", 1), "Float8_e5m2fnuz": ("float8_e5m2fnuz", 1),
-    "Float8_e8m0fnu": ("float8_e8m0fnu", 1),
-}  # fmt: skip
+PARALLEL_BYTES = 32 << 20  # dumps larger than this in all are read by parallel processes
 LIMITS = {
     "no_end_times": "gloo entries carry no start or completion time, only when the call was made: arrival "
     "lateness is known, transfer time and bandwidth are not",
@@ -137,47 +113,50 @@ def dump_files(paths: list[str]) -> dict[int, str]:
     return out
 
 
-def _text(value, limit: int = 256) -> str | None:
-    return value[:limit] if isinstance(value, str) else None
+def _convert(rank: int, path: str, segment: str, run_id: str) -> dict:
+    """Read one rank's dump, write its events to ``segment``; what the rest of the import needs of it
+    (run in a worker process for large dumps: only this small summary comes back)."""
+    dump = read_dump(path)
+    config = frentries.config_groups(dump)
+    stats = frentries.Stats()
+    data = frentries.rank_rows(rank, dump, config, stats)
+    del dump
+    starts = [t for t in data.columns["t_start_ns"][:1] if t is not None]
+    rows = len(data)
+    importing.write_segment(segment, data.table(), rank, run_id)
+    return {
+        "rank": rank, "config": config, "descs": stats.descs, "oldest": stats.oldest, "rows": rows,
+        "stacks": data.meta["stacks"], "first_ns": starts[0] if starts else None,
+        "counts": (stats.entries, stats.skipped, stats.timed, stats.untimed, stats.p2p),
+        "backends": sorted(stats.backends), "versions": sorted(stats.versions),
+    }  # fmt: skip
 
 
-def _int(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63 else None
+def _workers(files: dict[int, str]) -> int:
+    """Processes to read the dumps with: one per core, as many as memory holds (a dump's plain
+    values take ~12x its size), one for small inputs."""
+    sizes = [os.path.getsize(p) for p in files.values() if os.path.isfile(p)]
+    if sum(sizes) < PARALLEL_BYTES or len(files) < 2:
+        return 1
+    try:
+        with open("/proc/meminfo") as fh:
+            available = next(int(line.split()[1]) << 10 for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        available = 4 << 30
+    return max(1, min(len(files), os.cpu_count() or 1, available // (12 * max(sizes) + 1)))
 
 
-def _elements(sizes) -> list[int]:
-    """Elements of each tensor of an ``input_sizes``/``output_sizes`` list (shapes), 0 where unreadable."""
-    out = []
-    for shape in sizes if isinstance(sizes, list | tuple) else ():
-        n = 1
-        for d in shape if isinstance(shape, list | tuple) else (0,):
-            n = n * d if isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 else 0
-        out.append(n)
-    return out
+def _convert_all(files: dict[int, str], output: importing.Output, run_id: str) -> list[dict]:
+    jobs = [(rank, path, output.segment(rank), run_id) for rank, path in sorted(files.items())]
+    workers = _workers(files)
+    if workers == 1:
+        return [_convert(*job) for job in jobs]
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        return list(pool.map(_convert, *zip(*jobs, strict=True)))
 
 
-def _bytes(sizes, dtypes) -> tuple[int, int, str | None]:
-    """(elements, bytes, first dtype's name) of one side of an entry."""
-    elements = _elements(sizes)
-    names = dtypes if isinstance(dtypes, list | tuple) else ()
-    total = 0
-    for i, n in enumerate(elements):
-        name = names[i] if i < len(names) else (names[0] if names else None)
-        total += n * DTYPES.get(name, (None, 0))[1] if isinstance(name, str) else 0
-    first = names[0] if names and isinstance(names[0], str) else None
-    return sum(elements), min(total, (1 << 63) - 1), (DTYPES.get(first, (first, 0))[0] if first else None)
-
-
-def _op(profiling_name) -> tuple[str | None, str | None, str | None]:
-    """(backend, op as the recorder names it, its argument: "0->1" of a send) of a profiling name."""
-    if not isinstance(profiling_name, str) or ":" not in profiling_name:
-        return None, None, None
-    backend, _, name = profiling_name[:256].partition(":")
-    kind, _, argument = name.partition(" ")
-    return backend, OPS.get(kind, kind), argument or None
-
-
-def members(dumps: dict[int, dict]) -> tuple[dict[str, list[int]], dict[str, str | None], bool]:
+def members(summaries: list[dict]) -> tuple[dict[str, list[int]], dict[str, str | None], bool]:
     """pg -> its members' global ranks, pg -> its description, and whether any group's members had
     to be inferred.
 
@@ -185,218 +164,95 @@ def members(dumps: dict[int, dict]) -> tuple[dict[str, list[int]], dict[str, str
     empty) the ranks whose dumps hold the group's operations, and every dumped rank for the default
     group (desc ``default_pg``)."""
     listed: dict[str, set[int]] = {}
-    for dump in dumps.values():
-        config = dump.get("pg_config")
-        for name, group in (config.items() if isinstance(config, dict) else ()):
-            ranks = group.get("ranks") if isinstance(group, dict) else None
-            if isinstance(ranks, str) and len(ranks) < 1 << 24:
-                try:
-                    ranks = json.loads(ranks)
-                except ValueError:
-                    ranks = None
-            if isinstance(name, str) and name and isinstance(ranks, list) and ranks:
-                good = {r for r in ranks if isinstance(r, int) and not isinstance(r, bool) and 0 <= r < 1_000_000}
-                listed.setdefault(name[:256], set()).update(good)
     seen: dict[str, set[int]] = {}
     descs: dict[str, str | None] = {}
-    for rank, dump in dumps.items():
-        for entry in dump["entries"]:
-            group = entry.get("process_group") if isinstance(entry, dict) else None
-            if isinstance(group, list | tuple) and len(group) == 2 and isinstance(group[0], str):
-                pg = group[0][:256]
-                seen.setdefault(pg, set()).add(rank)
-                descs.setdefault(pg, _text(group[1]))
-    inferred = False
-    out = {}
-    for pg, ranks in seen.items():
-        if pg in listed:
-            out[pg] = sorted(listed[pg])
-        else:
-            inferred = True
-            out[pg] = sorted(set(dumps) if descs.get(pg) == "default_pg" else ranks)
-    return out, descs, inferred
+    for s in summaries:
+        for pg, ranks in s["config"].items():
+            listed.setdefault(pg, set()).update(ranks)
+        for pg, desc in s["descs"].items():
+            seen.setdefault(pg, set()).add(s["rank"])
+            descs.setdefault(pg, desc)
+    everyone = {s["rank"] for s in summaries}
+    out = {pg: sorted(listed[pg] if pg in listed else everyone if descs.get(pg) == "default_pg" else ranks)
+           for pg, ranks in seen.items()}  # fmt: skip
+    return out, descs, any(pg not in listed for pg in seen)
 
 
-def _frames(frames, limit: int = 32) -> list[str]:
-    """A call's stack as "name (file:line)" lines, innermost first, as Flight Recorder lists them."""
-    out = []
-    for frame in frames[:limit] if isinstance(frames, list | tuple) else ():
-        if isinstance(frame, dict):
-            name, file, line = _text(frame.get("name"), 200), _text(frame.get("filename"), 200), frame.get("line")
-            out.append(f"{name or '?'} ({file or '?'}:{line if _int(line) is not None else '?'})")
-    return out
+def _fix(segment: str, rank: int, run_id: str, sizes: dict[str, int], floors: dict[str, int]) -> dict[str, int]:
+    """Give a segment's events their group's size where its own dump did not name it, and leave out
+    collectives older than ``floors`` (see :func:`import_dumps`); returns how many were left out, per group."""
+    table = pq.read_table(segment)
+    pg = table["pg"].cast(pa.string())
+    size = pc.if_else(pc.is_null(table["pg_size"]), pc.cast(_lookup(pg, sizes, 0), pa.int32()), table["pg_size"])
+    p2p = pc.is_in(table["op"].cast(pa.string()), pa.array(["send", "recv"]))
+    keep = pc.or_(p2p, pc.greater_equal(table["seq"], _lookup(pg, floors, -(1 << 62))))
+    fixed = table.set_column(table.schema.get_field_index("pg_size"), "pg_size", size)
+    importing.write_segment(segment, fixed.filter(keep), rank, run_id)
+    gone = pa.table({"pg": pg}).filter(pc.invert(keep)).group_by("pg").aggregate([([], "count_all")])
+    return dict(zip(gone["pg"].to_pylist(), gone["count_all"].to_pylist(), strict=True))
 
 
-class _Stats:
-    def __init__(self) -> None:
-        self.entries = self.skipped = self.timed = self.untimed = self.p2p = 0
-        self.backends: set[str] = set()
-        self.versions: set[str] = set()
-
-
-def _event(entry, groups: dict[str, list[int]], stats: _Stats) -> dict | None:
-    """One entry's event fields (seq not yet given to send/recv), or None for a marker or an unreadable entry."""
-    group = entry.get("process_group") if isinstance(entry, dict) else None
-    backend, op, argument = _op(entry.get("profiling_name")) if isinstance(entry, dict) else (None, None, None)
-    if not (isinstance(group, list | tuple) and len(group) == 2 and isinstance(group[0], str) and op):
-        stats.skipped += 1
-        return None
-    if op in NOT_OPERATIONS:
-        return None
-    pg = group[0][:256]
-    ranks = groups.get(pg, [])
-    done = entry.get("retired") is True or entry.get("state") == "completed"
-    n_in, b_in, dtype = _bytes(entry.get("input_sizes"), entry.get("input_dtypes"))
-    _, b_out, dtype_out = _bytes(entry.get("output_sizes"), entry.get("output_dtypes"))
-    end = _int(entry.get("time_discovered_completed_ns")) or None
-    duration = entry.get("duration_ms")
-    stats.backends.add(backend[:32])
-    stats.untimed += done and end is None
-    stats.timed += end is not None
-    p2p = op in ("send", "recv")
-    stats.p2p += p2p
-    seq = None if p2p else _int(entry.get("collective_seq_id"))
-    if not p2p and seq is None:
-        stats.skipped += 1
-        return None
-    return dict(
-        pg=pg, pg_desc=_text(group[1]), pg_size=len(ranks) or None, seq=None if p2p else seq - 1, op=op,
-        count=n_in, bytes_in=b_in, bytes_out=b_out, dtype=dtype or dtype_out,
-        peer=_peer(op, argument, ranks) if p2p else None, t_start_ns=_int(entry.get("time_created_ns")),
-        t_end_ns=end if done else None, status="ok" if done else "in_flight", coalesced=False,
-        gpu_duration_ns=int(duration * 1e6) if isinstance(duration, int | float) and 0 <= duration < 1e9 else None,
-        backend=backend[:32], device="cuda" if backend == "nccl" else None,
-    )  # fmt: skip
-
-
-def _coalesce(c: dict[str, list], row: int, event: dict) -> None:
-    """Add ``event`` to the event at ``row`` of the same (group, seq): one event of a coalesced collective."""
-    c["op"][row] = COALESCED.get(c["op"][row], c["op"][row])
-    c["coalesced"][row] = True
-    for name in ("count", "bytes_in", "bytes_out"):
-        c[name][row] += event[name]
-    if event["status"] != "ok":
-        c["status"][row], c["t_end_ns"][row] = "in_flight", None
-
-
-def rank_rows(rank: int, dump: dict, groups: dict[str, list[int]], stats: _Stats) -> importing.Rank:
-    """One rank's dump as events (see the module's docstring), its in-flight calls' stacks in its metadata."""
-    out = importing.Rank(rank)
-    at: dict[tuple[str, int], int] = {}  # (pg, seq) -> row of a collective (coalesced ones merge into it)
-    p2p: dict[tuple[str, str, int | None], int] = {}  # (pg, op, peer) -> next seq
-    stacks = []
-    stats.versions.add(str(dump.get("version"))[:32])
-    for entry in dump["entries"]:
-        stats.entries += 1
-        event = _event(entry, groups, stats)
-        if event is None:
-            continue
-        if event["seq"] is None:
-            key = (event["pg"], event["op"], event["peer"])
-            event["seq"] = p2p.get(key, 0)
-            p2p[key] = event["seq"] + 1
-        else:
-            row = at.get((event["pg"], event["seq"]))
-            if row is not None:
-                _coalesce(out.columns, row, event)
-                continue
-            at[(event["pg"], event["seq"])] = len(out)
-        if event["status"] != "ok" and len(stacks) < 16:
-            stacks.append({k: event[k] for k in ("pg", "seq", "op")} | {"frames": _frames(entry.get("frames"))})
-        out.add(rank=rank, **event)
-    out.meta["stacks"] = stacks
-    return out
-
-
-def _peer(op: str, argument: str | None, ranks: list[int]) -> int | None:
-    """The global rank on the other side of "nccl:send 0->1" / "nccl:recv 1<-0" (group ranks)."""
-    try:
-        other = int(argument.split("->")[1]) if op == "send" else int(argument.split("<-")[1])
-    except (AttributeError, IndexError, ValueError):
-        return None
-    return ranks[other] if 0 <= other < len(ranks) else None
+def _lookup(keys: pa.ChunkedArray, values: dict[str, int], missing: int) -> pa.ChunkedArray:
+    names = list(values)
+    at = pc.index_in(keys, pa.array(names, pa.string()))
+    return pc.fill_null(pc.take(pa.array(list(values.values()), pa.int64()), at), missing)
 
 
 def import_dumps(paths: list[str], out: str) -> dict:
     """Write the run directory ``out`` from the Flight Recorder dumps in ``paths`` (files, or folders
-    of them); returns what was read (ranks, entries, the source's limits)."""
+    of them); returns what was read (ranks, entries, the source's limits).
+
+    Each rank's dump is read and its events written by itself (in parallel processes for large
+    dumps), so memory holds one dump per process at a time. Then groups get their members, and a
+    group's collectives older than the oldest one every member's dump still holds are left out (as
+    torchfrtrace aligns dumps): a ring buffer that wrapped on one rank and not on another must not
+    read as a rank that never issued them."""
     files = dump_files(paths)
-    dumps = {rank: read_dump(path) for rank, path in sorted(files.items())}
-    groups, descs, inferred = members(dumps)
-    stats = _Stats()
-    ranks = {rank: rank_rows(rank, dump, groups, stats) for rank, dump in dumps.items()}
-    cut = _aligned(ranks)
-    world = max([max(r) + 1 for pg, r in groups.items() if descs.get(pg) == "default_pg"] + [max(dumps) + 1])
-    limits = ["ring_buffer", "no_root"]
-    if stats.untimed:
-        limits.append("no_end_times")
-    if stats.timed:
-        limits.append("discovered_end")
-    if "gloo" in stats.backends:
-        limits.append("no_p2p_gloo")
-    if stats.p2p:
-        limits.append("p2p_seq")
-    if inferred:
-        limits.append("members_seen")
-    if cut:
-        limits.append("aligned")
-    limits.append("no_clock")
-    source = {
-        "kind": "flight_recorder",
-        "name": "PyTorch Flight Recorder",
-        "version": ", ".join(sorted(stats.versions)),
-        "backends": sorted(stats.backends),
-        "files": [os.path.abspath(files[r])[-1024:] for r in sorted(files)],
-        "entries": stats.entries,
-        "entries_skipped": stats.skipped,
-        "end_times": stats.untimed == 0,
-        "limits": {key: LIMITS[key] for key in limits},
-    }
-    if cut:
-        source["limits"]["aligned"] += " (" + ", ".join(f"group {pg}: {n:,}" for pg, n in sorted(cut.items())) + ")"
     run_id = importing.new_run_id("fr")
-    for rank, data in ranks.items():
-        mine = [{"pg": pg, "desc": descs.get(pg), "size": len(r), "ranks": r, "backend": _backend(stats)}
-                for pg, r in groups.items() if rank in r]  # fmt: skip
-        data.meta.update(world_size=world, process_groups=mine, source=source)
-    run_meta = {"run_id": run_id, "world_size": world, "source": source, "created_ns": _created(ranks)}
-    importing.write_run(out, run_meta, ranks)
-    return {"run": out, "ranks": len(ranks), "entries": stats.entries, "skipped": stats.skipped, "source": source}
+    with importing.Output(out) as output:
+        summaries = _convert_all(files, output, run_id)
+        groups, descs, inferred = members(summaries)
+        floors = {}
+        for pg, ranks in groups.items():
+            oldest = [s["oldest"][pg] for s in summaries if pg in s["oldest"] and s["rank"] in ranks]
+            floors[pg] = max(oldest) if oldest else 0
+        sizes = {pg: len(ranks) for pg, ranks in groups.items()}
+        cut: dict[str, int] = {}
+        for s in summaries:
+            behind = {pg for pg, seq in s["oldest"].items() if seq < floors[pg]}
+            if behind or set(s["descs"]) - set(s["config"]):
+                for pg, n in _fix(output.segment(s["rank"]), s["rank"], run_id, sizes, floors).items():
+                    cut[pg] = cut.get(pg, 0) + n
+        source = _source(files, summaries, inferred, {pg: n for pg, n in cut.items() if n})
+        world = max([max(r) + 1 for pg, r in groups.items() if descs.get(pg) == "default_pg"] + [max(files) + 1])
+        backend = source["backends"][0] if len(source["backends"]) == 1 else None
+        metas = {}
+        for s in summaries:
+            mine = [{"pg": pg, "desc": descs.get(pg), "size": len(r), "ranks": r, "backend": backend}
+                    for pg, r in groups.items() if s["rank"] in r]  # fmt: skip
+            metas[s["rank"]] = {"world_size": world, "process_groups": mine, "source": source, "stacks": s["stacks"]}
+        starts = [s["first_ns"] for s in summaries if s["first_ns"] is not None]
+        run_meta = {"run_id": run_id, "world_size": world, "source": source, "created_ns": min(starts, default=None)}
+        output.commit(run_meta, metas)
+    entries, skipped = source["entries"], source["entries_skipped"]
+    return {"run": out, "ranks": len(files), "entries": entries, "skipped": skipped, "source": source}
 
 
-def _aligned(ranks: dict[int, importing.Rank]) -> dict[str, int]:
-    """Leave out of each rank's events the collectives of a group older than the oldest one every
-    member's dump still holds (as torchfrtrace aligns dumps): a ring buffer that wrapped on one rank
-    and not on another must not read as a rank that never issued them. Returns, per group, how many
-    events were left out."""
-    first: dict[str, int] = {}
-    for data in ranks.values():
-        c = data.columns
-        oldest: dict[str, int] = {}
-        for pg, seq, op in zip(c["pg"], c["seq"], c["op"], strict=True):
-            if op not in ("send", "recv") and seq < oldest.get(pg, seq + 1):
-                oldest[pg] = seq
-        for pg, seq in oldest.items():
-            first[pg] = max(first.get(pg, seq), seq)
-    cut: dict[str, int] = {}
-    for data in ranks.values():
-        c = data.columns
-        drop = [i for i, (pg, seq, op) in enumerate(zip(c["pg"], c["seq"], c["op"], strict=True))
-                if op not in ("send", "recv") and seq < first[pg]]  # fmt: skip
-        if not drop:
-            continue
-        for i in drop:
-            cut[c["pg"][i]] = cut.get(c["pg"][i], 0) + 1
-        gone = set(drop)
-        for name, values in c.items():
-            c[name] = [v for i, v in enumerate(values) if i not in gone]
-    return cut
-
-
-def _backend(stats: _Stats) -> str | None:
-    return next(iter(stats.backends)) if len(stats.backends) == 1 else None
-
-
-def _created(ranks: dict[int, importing.Rank]) -> int | None:
-    starts = [t for data in ranks.values() for t in data.columns["t_start_ns"][:1] if t is not None]
-    return min(starts) if starts else None
+def _source(files: dict[int, str], summaries: list[dict], inferred: bool, cut: dict[str, int]) -> dict:
+    """The run's ``source``: Flight Recorder, its versions, and what these dumps cannot tell."""
+    entries, skipped, timed, untimed, p2p = (sum(s["counts"][i] for s in summaries) for i in range(5))
+    backends = sorted({b for s in summaries for b in s["backends"]})
+    wanted = [
+        ("ring_buffer", True), ("no_root", True), ("no_end_times", untimed), ("discovered_end", timed),
+        ("no_p2p_gloo", "gloo" in backends), ("p2p_seq", p2p), ("members_seen", inferred), ("aligned", cut),
+        ("no_clock", True),
+    ]  # fmt: skip
+    limits = {key: LIMITS[key] for key, applies in wanted if applies}
+    if cut:
+        limits["aligned"] += " (" + ", ".join(f"group {pg}: {n:,}" for pg, n in sorted(cut.items())) + ")"
+    return {
+        "kind": "flight_recorder", "name": "PyTorch Flight Recorder",
+        "version": ", ".join(sorted({v for s in summaries for v in s["versions"]})), "backends": backends,
+        "files": [os.path.abspath(files[r])[-1024:] for r in sorted(files)], "entries": entries,
+        "entries_skipped": skipped, "end_times": untimed == 0, "limits": limits,
+    }  # fmt: skip

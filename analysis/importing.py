@@ -89,46 +89,66 @@ class Rank:
         return pa.Table.from_arrays(arrays, names=list(COLUMNS))
 
 
-def write_run(out: str, run_meta: dict, ranks: dict[int, Rank | pa.Table], metas: dict[int, dict] | None = None) -> str:
-    """Write the run directory ``out``: ``run.json`` from ``run_meta``, and per rank its metadata
-    and one segment. ``ranks`` maps a rank to a :class:`Rank`, or to an Arrow table of COLUMNS (then
-    its metadata comes from ``metas``). Returns ``out``."""
-    if os.path.lexists(out):
-        raise TraceError(f"{out} exists; choose a new name (import never writes over anything)")
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise TraceError(f"{parent}: no such directory")
-    try:
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
-    except OSError as exc:
-        raise TraceError(f"{out}: cannot write it ({exc.strerror or exc.__class__.__name__})") from None
-    run_id = run_meta["run_id"]
-    try:
-        _write_json(os.path.join(tmp, "run.json"), {"schema_version": SCHEMA_VERSION, **run_meta})
-        for rank, data in sorted(ranks.items()):
-            meta = data.meta if isinstance(data, Rank) else (metas or {}).get(rank, {})
-            table = data.table() if isinstance(data, Rank) else data
-            folder = os.path.join(tmp, f"rank={rank:05d}")
-            os.mkdir(folder)
+class Output:
+    """The run directory being written: a hidden folder beside ``out``, renamed to ``out`` by
+    :meth:`commit`; removed if the ``with`` block ends any other way."""
+
+    def __init__(self, out: str) -> None:
+        if os.path.lexists(out):
+            raise TraceError(f"{out} exists; choose a new name (import never writes over anything)")
+        parent = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(parent):
+            raise TraceError(f"{parent}: no such directory")
+        self.out, self.parent, self.tmp = out, parent, ""
+
+    def __enter__(self) -> Output:
+        try:
+            self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out)}.", dir=self.parent)
+        except OSError as exc:
+            raise TraceError(f"{self.out}: cannot write it ({exc.strerror or exc.__class__.__name__})") from None
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if self.tmp and os.path.isdir(self.tmp):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise TraceError(f"{self.out}: cannot write it ({exc.strerror or exc.__class__.__name__})") from None
+
+    def segment(self, rank: int) -> str:
+        folder = os.path.join(self.tmp, f"rank={rank:05d}")
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, f"collectives-{rank}-import-000000.parquet")
+
+    def commit(self, run_meta: dict, metas: dict[int, dict]) -> None:
+        """Write run.json and each rank's metadata, then put the run in place."""
+        run_id = run_meta["run_id"]
+        _write_json(os.path.join(self.tmp, "run.json"), {"schema_version": SCHEMA_VERSION, **run_meta})
+        for rank, meta in metas.items():
             tag = f"{rank}-import"
             # closed: the source's record of the rank is whole as far as it goes (a dump, a log); a
             # rank the source has nothing of is missing, not dead.
             fields = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "rank": rank, "incarnation": tag}
             fields["closed"] = True
+            folder = os.path.dirname(self.segment(rank))
             _write_json(os.path.join(folder, f"rank-{tag}.json"), {**fields, **meta})
-            kv = {"commtrace.schema_version": str(SCHEMA_VERSION), "commtrace.run_id": run_id}
-            kv["commtrace.rank"] = str(rank)
-            target = os.path.join(folder, f"collectives-{tag}-000000.parquet")
-            with pq.ParquetWriter(target, table.schema, compression="zstd", store_schema=False) as writer:
-                writer.write_table(table, row_group_size=ROW_GROUP)
-                writer.add_key_value_metadata(kv)
-        os.rename(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise TraceError(f"{out}: cannot write it ({exc.strerror or exc.__class__.__name__})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        os.rename(self.tmp, self.out)
+
+
+def write_segment(path: str, table: pa.Table, rank: int, run_id: str = "") -> None:
+    """One segment of ``table``'s rows (COLUMNS), its footer as the recorder writes it."""
+    kv = {"commtrace.schema_version": str(SCHEMA_VERSION), "commtrace.run_id": run_id, "commtrace.rank": str(rank)}
+    with pq.ParquetWriter(path, table.schema, compression="zstd", store_schema=False) as writer:
+        writer.write_table(table, row_group_size=ROW_GROUP)
+        writer.add_key_value_metadata(kv)
+
+
+def write_run(out: str, run_meta: dict, ranks: dict[int, Rank]) -> str:
+    """Write the run directory ``out``: ``run.json`` from ``run_meta``, and per rank its metadata
+    and one segment. Returns ``out``."""
+    with Output(out) as output:
+        for rank, data in sorted(ranks.items()):
+            write_segment(output.segment(rank), data.table(), rank, run_meta["run_id"])
+        output.commit(run_meta, {rank: data.meta for rank, data in ranks.items()})
     return out
 
 

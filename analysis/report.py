@@ -18,7 +18,7 @@ import html
 
 import polars as pl
 
-from analysis import compare, diagnose, findings, health, text, timelines
+from analysis import compare, diagnose, findings, health, sentences, text, timelines
 from analysis.export import write_new_file
 from analysis.load import Run, TraceError, problem_kind
 from analysis.vocabulary import KINDS
@@ -174,15 +174,25 @@ def _run_sections(run: Run, report: dict) -> list[str]:
     )
 
 
+def _source_verdict(report: dict) -> list[str]:
+    """An imported run's source and what it cannot tell (analysis.importing), before any finding."""
+    source = report.get("source")
+    if not source:
+        return []
+    head, *limits = sentences.source_lines(source)
+    items = "".join(f"<li>{html.escape(line.strip().removeprefix('- '))}</li>" for line in limits)
+    return [f'<div class="verdict warn"><b>{html.escape(head[0].upper() + head[1:])}</b><ul>{items}</ul></div>']
+
+
 def _flagged_section(report: dict) -> list[str]:
-    out = [_verdict(report), _recording_verdict(report)]
+    out = [*_source_verdict(report), _verdict(report), _recording_verdict(report)]
     flagged_kinds = [(key, title, meaning) for key, title, meaning in KINDS if report.get(key)]
     if flagged_kinds:
         out.append("<h2>What diagnose flagged</h2>")
     for key, title, meaning in flagged_kinds:
         entries = report[key]
         out.append(f"<h3>{html.escape(title)} ({len(entries)})</h3><p class=sub>{html.escape(meaning)}</p>")
-        out.append(_table([{k: v for k, v in e.items() if k != "evidence"} for e in entries]))
+        out.append(_table([{k: v for k, v in e.items() if k not in ("evidence", "stacks")} for e in entries]))
     clean = [title.lower() for key, title, _ in KINDS if not report.get(key)]
     if clean and flagged_kinds:
         out.append(f"<p class=sub>Checked, nothing found: {html.escape(', '.join(clean))}.</p>")

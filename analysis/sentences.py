@@ -191,5 +191,9 @@ def describe(report: dict) -> list[str]:
         lines.append(f"the recording: {len(recording)} thing{'s' if len(recording) > 1 else ''} to know")
         lines += [f"  - {f['kind'].replace('_', ' ')}: {f['summary']}" for f in recording]
     else:
-        lines.append("the recording: nothing to report (no rank missing, nothing dropped, clock offsets measured)")
+        lines.append(
+            "the recording: nothing to report beyond what the source cannot tell"
+            if report.get("source")
+            else "the recording: nothing to report (no rank missing, nothing dropped, clock offsets measured)"
+        )
     return lines

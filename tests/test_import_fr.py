@@ -139,6 +139,9 @@ def test_what_torchfrtrace_does_not_say_the_late_rank_and_the_stuck_call(job, ca
     said = capsys.readouterr().out
     assert "imported from PyTorch Flight Recorder 2.10 (gloo)" in said and "no completion time" in said
     assert f"flight_recorder.py:{line})" in said
+    assert main(["report", str(job["pickle"]), "-o", str(job["pickle"].parent / "report.html")]) == 0
+    page = (job["pickle"].parent / "report.html").read_text()
+    assert "Imported from PyTorch Flight Recorder 2.10 (gloo)" in page and "no start or completion time" in page
 
 
 def test_json_and_pickle_dumps_say_the_same_but_only_the_pickle_has_stacks(job):

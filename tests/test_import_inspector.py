@@ -105,3 +105,30 @@ def test_lines_that_are_not_records_are_counted_and_a_file_of_none_is_one_line(t
     err = capsys.readouterr().err
     assert "not an NCCL Inspector log" in err and err.count("\n") == 1
     assert not (tmp_path / "run2").exists()
+
+
+COMMANDS = [
+    ["summary"], ["collectives"], ["stragglers"], ["network"], ["latency"], ["steps"], ["hangs"],
+    ["diagnose", "--format", "json"], ["sql", "SELECT count(*) FROM collectives"], ["watch", "--once"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["verbose", "plain", "prometheus", "flight_recorder_gloo"])
+def test_every_command_reads_an_imported_run(runs, tmp_path, capsys, kind):
+    """Where the source has no times, the commands say less, never fail."""
+    if kind == "flight_recorder_gloo":
+        fixture = Path(__file__).resolve().parent / "fixtures" / "flight_recorder" / "rank0.pickle"
+        dumps = tmp_path / "dumps"
+        dumps.mkdir()
+        (dumps / "trace_rank_0").write_bytes(fixture.read_bytes())
+        assert main(["import", "fr", str(dumps), "-o", str(tmp_path / "fr")]) == 0
+        run = str(tmp_path / "fr")
+    else:
+        run = str(runs[kind].path)
+    for command in COMMANDS:
+        assert main([command[0], run, *command[1:]]) in (0, 1), command
+    untimed = kind in ("plain", "flight_recorder_gloo")  # may have nothing to compare: said in one line, exit 2
+    assert main(["compare", run, run]) in ((0, 2) if untimed else (0,))
+    for command, out in (("export", "trace.json"), ("report", "report.html"), ("compact", "compacted")):
+        assert main([command, run, "-o", str(tmp_path / out)]) == 0, command
+    assert "Traceback" not in capsys.readouterr().err
