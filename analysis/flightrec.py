@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from analysis import frentries, importing, safepickle
+from analysis import frcolumns, frentries, importing, safepickle
 from analysis.segments import TraceError
 
 MAX_BYTES = safepickle.MAX_BYTES
@@ -119,14 +119,18 @@ def _convert(rank: int, path: str, segment: str, run_id: str) -> dict:
     dump = read_dump(path)
     config = frentries.config_groups(dump)
     stats = frentries.Stats()
-    data = frentries.rank_rows(rank, dump, config, stats)
+    try:
+        table, stacks = frcolumns.rank_table(rank, dump, config, stats)
+    except frcolumns.Unusual:  # a value of an unexpected type or size: entry by entry, each value checked
+        stats = frentries.Stats()
+        data = frentries.rank_rows(rank, dump, config, stats)
+        table, stacks = data.table(), data.meta["stacks"]
     del dump
-    starts = [t for t in data.columns["t_start_ns"][:1] if t is not None]
-    rows = len(data)
-    importing.write_segment(segment, data.table(), rank, run_id)
+    starts = table["t_start_ns"].drop_null()[:1].to_pylist()
+    importing.write_segment(segment, table, rank, run_id)
     return {
-        "rank": rank, "config": config, "descs": stats.descs, "oldest": stats.oldest, "rows": rows,
-        "stacks": data.meta["stacks"], "first_ns": starts[0] if starts else None,
+        "rank": rank, "config": config, "descs": stats.descs, "oldest": stats.oldest, "rows": table.num_rows,
+        "stacks": stacks, "first_ns": starts[0] if starts else None,
         "counts": (stats.entries, stats.skipped, stats.timed, stats.untimed, stats.p2p),
         "backends": sorted(stats.backends), "versions": sorted(stats.versions),
     }  # fmt: skip

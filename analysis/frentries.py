@@ -97,10 +97,10 @@ def config_groups(dump: dict) -> dict[str, list[int]]:
     return out
 
 
-def _frames(frames, limit: int = 32) -> list[str]:
+def frames(stack, limit: int = 32) -> list[str]:
     """A call's stack as "name (file:line)" lines, innermost first, as Flight Recorder lists them."""
     out = []
-    for frame in frames[:limit] if isinstance(frames, list | tuple) else ():
+    for frame in stack[:limit] if isinstance(stack, list | tuple) else ():
         if isinstance(frame, dict):
             name, file, line = _text(frame.get("name"), 200), _text(frame.get("filename"), 200), frame.get("line")
             out.append(f"{name or '?'} ({file or '?'}:{line if _int(line) is not None else '?'})")
@@ -191,7 +191,7 @@ def rank_rows(rank: int, dump: dict, groups: dict[str, list[int]], stats: Stats)
         if event["op"] not in ("send", "recv") and event["seq"] < stats.oldest.get(pg, event["seq"] + 1):
             stats.oldest[pg] = event["seq"]
         if event["status"] != "ok" and len(stacks) < 16:
-            stacks.append({k: event[k] for k in ("pg", "seq", "op")} | {"frames": _frames(entry.get("frames"))})
+            stacks.append({k: event[k] for k in ("pg", "seq", "op")} | {"frames": frames(entry.get("frames"))})
         out.add(rank=rank, **event)
     out.meta["stacks"] = stacks
     return out

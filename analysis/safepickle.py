@@ -28,7 +28,7 @@ import pickle
 import pickletools
 
 MAX_BYTES = 1 << 30  # a dump larger than this is not read
-PRESCAN_BYTES = 64 << 20  # up to this size, every opcode is checked before the stream is read
+PRESCAN_BYTES = 4 << 20  # up to this size (~17k entries), every opcode is checked before the stream is read
 
 # Opcodes that only build plain values (containers, text, numbers, bytes, booleans, None) or
 # manage the memo and the stack; every other opcode is refused.

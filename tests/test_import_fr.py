@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from analysis import diagnose, vocabulary
+from analysis import diagnose, flightrec, frcolumns, frentries, vocabulary
 from analysis.cli import main
 from analysis.load import Run
 from conftest import JOBS, clean_env, run_dirs, start_job, torchrun
@@ -220,10 +220,8 @@ def _entry(record_id, pg, seq, name, sizes, state="completed", t=0, **extra):
     }  # fmt: skip
 
 
-def test_nccl_dumps_ring_buffers_coalesced_groups_and_peers(tmp_path):
-    """NCCL-shaped dumps: pg_config names the members, times are the watchdog's, a coalesced pair of
-    all_reduces is one event, sends name their peers as global ranks, rank 1's ring buffer no longer
-    holds the group's first collectives (not a hang), and rank 3 is still inside the last one."""
+def _nccl_dumps(tmp_path: Path) -> Path:
+    """NCCL-shaped dumps of 4 ranks: the default group and a "tp" group of ranks 2 and 3."""
     world, pair = ("0", "default_pg"), ("1", "tp")
     config = {
         "0": {"name": "0", "desc": "default_pg", "ranks": "[0, 1, 2, 3]"},
@@ -246,6 +244,14 @@ def test_nccl_dumps_ring_buffers_coalesced_groups_and_peers(tmp_path):
             entries.append(_entry(103, pair, 1, name, [[64]], t=t0, is_p2p=True))
         dump = {"version": "2.10", "pg_config": config, "pg_status": {}, "entries": entries}
         (dumps / f"nccl_trace_rank_{rank}").write_bytes(pickle.dumps(dump, protocol=2))
+    return dumps
+
+
+def test_nccl_dumps_ring_buffers_coalesced_groups_and_peers(tmp_path):
+    """NCCL-shaped dumps: pg_config names the members, times are the watchdog's, a coalesced pair of
+    all_reduces is one event, sends name their peers as global ranks, rank 1's ring buffer no longer
+    holds the group's first collectives (not a hang), and rank 3 is still inside the last one."""
+    dumps = _nccl_dumps(tmp_path)
     out = tmp_path / "run"
     assert main(["import", "fr", str(dumps), "-o", str(out)]) == 0
     run = Run.open(out)
@@ -263,3 +269,36 @@ def test_nccl_dumps_ring_buffers_coalesced_groups_and_peers(tmp_path):
     report = diagnose.diagnose(run)
     assert _verdicts(report) == ([("0", 5, "all_reduce", [], [3])], [])
     assert report["hangs"][0]["stacks"] == [{"rank": 3, "frames": ["train_step (train.py:42)"]}]
+
+
+def _both_ways(dump: dict) -> tuple:
+    """The events of one dump converted column by column and entry by entry."""
+    config = frentries.config_groups(dump)
+    fast, careful = frentries.Stats(), frentries.Stats()
+    table, stacks = frcolumns.rank_table(0, dump, config, fast)
+    rows = frentries.rank_rows(0, dump, config, careful)
+    return (table, stacks, vars(fast)), (rows.table(), rows.meta["stacks"], vars(careful))
+
+
+def test_the_column_by_column_conversion_gives_what_the_entry_by_entry_one_gives(job, tmp_path):
+    dumps = sorted((job["dumps"] / "pickle").iterdir()) + sorted((job["dumps"] / "json").iterdir())
+    dumps += sorted(_nccl_dumps(tmp_path).iterdir())
+    for path in dumps:
+        (table, stacks, stats), (expected, expected_stacks, expected_stats) = _both_ways(flightrec.read_dump(str(path)))
+        assert table.equals(expected), path
+        assert stacks == expected_stacks and stats == expected_stats, path
+
+
+def test_a_dump_the_fast_conversion_does_not_take_is_read_entry_by_entry(tmp_path):
+    dump = pickle.loads((_nccl_dumps(tmp_path) / "nccl_trace_rank_0").read_bytes())
+    dump["entries"][1]["collective_seq_id"] = "two"  # a string where a number belongs
+    dump["entries"][2]["input_sizes"] = [[1 << 62, 1 << 62]]  # a product past 64 bits
+    with pytest.raises(frcolumns.Unusual):
+        frcolumns.rank_table(0, dump, {}, frentries.Stats())
+    dumps = tmp_path / "odd"
+    dumps.mkdir()
+    (dumps / "nccl_trace_rank_0").write_bytes(pickle.dumps(dump))
+    assert main(["import", "fr", str(dumps), "-o", str(tmp_path / "run")]) == 0
+    run = Run.open(tmp_path / "run")
+    assert run.source["entries_skipped"] == 1
+    assert run.sql("SELECT bytes_in FROM raw_collectives WHERE seq = 2")["bytes_in"][0] == 0  # out of range: 0
