@@ -24,6 +24,7 @@ gloo's ``pg_config`` is empty, so a subgroup's members are the ranks whose dumps
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import json
 import multiprocessing
 import os
@@ -114,6 +115,18 @@ def dump_files(paths: list[str]) -> dict[int, str]:
 
 
 def _convert(rank: int, path: str, segment: str, run_id: str) -> dict:
+    # The dump is millions of small containers and no cycle: the collector's passes over them (while
+    # they are built, converted and freed) would only cost time.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _convert_one(rank, path, segment, run_id)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _convert_one(rank: int, path: str, segment: str, run_id: str) -> dict:
     """Read one rank's dump, write its events to ``segment``; what the rest of the import needs of it
     (run in a worker process for large dumps: only this small summary comes back)."""
     dump = read_dump(path)

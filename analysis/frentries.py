@@ -70,7 +70,7 @@ def _bytes(sizes, dtypes) -> tuple[int, int, str | None]:
     return sum(elements), min(total, (1 << 63) - 1), (DTYPES.get(first, (first, 0))[0] if first else None)
 
 
-def _op(profiling_name) -> tuple[str | None, str | None, str | None]:
+def op_of(profiling_name) -> tuple[str | None, str | None, str | None]:
     """(backend, op as the recorder names it, its argument: "0->1" of a send) of a profiling name."""
     if not isinstance(profiling_name, str) or ":" not in profiling_name:
         return None, None, None
@@ -122,7 +122,7 @@ class Stats:
 def _event(entry, groups: dict[str, list[int]], stats: Stats) -> dict | None:
     """One entry's event fields (seq not yet given to send/recv), or None for a marker or an unreadable entry."""
     group = entry.get("process_group") if isinstance(entry, dict) else None
-    backend, op, argument = _op(entry.get("profiling_name")) if isinstance(entry, dict) else (None, None, None)
+    backend, op, argument = op_of(entry.get("profiling_name")) if isinstance(entry, dict) else (None, None, None)
     if not (isinstance(group, list | tuple) and len(group) == 2 and isinstance(group[0], str) and op):
         stats.skipped += 1
         return None
