@@ -16,6 +16,7 @@ import operator
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from analysis import frentries, importing
 
@@ -113,20 +114,32 @@ sized AS (
            CASE WHEN p2p AND other >= 0 AND other < len(g.ranks) THEN g.ranks[other + 1] END AS peer
     FROM usable u LEFT JOIN groups g USING (pg)
 ),
-numbered AS (
-    SELECT *, CASE WHEN p2p THEN row_number() OVER (PARTITION BY pg, op, peer ORDER BY idx) - 1 ELSE cseq END AS seq
-    FROM sized
+p2p AS (
+    SELECT *, row_number() OVER (PARTITION BY pg, op, peer ORDER BY idx) - 1 AS seq, 1 AS n, op AS first_op
+    FROM sized WHERE p2p
 ),
+collectives AS (SELECT *, cseq AS seq FROM sized WHERE NOT p2p),
+-- entries of one collective's seq in a group are one event (a coalesced collective); most are alone
+shared AS (SELECT pg, seq FROM collectives GROUP BY pg, seq HAVING count(*) > 1),
+alone AS (SELECT c.*, 1 AS n, op AS first_op FROM collectives c ANTI JOIN shared USING (pg, seq)),
 merged AS (
-    -- entries of one collective's seq in a group are one event (a coalesced collective)
     SELECT arg_min(idx, idx) AS idx, any_value(pg) AS pg, arg_min(pg_desc, idx) AS pg_desc,
            arg_min(pg_size, idx) AS pg_size, any_value(seq) AS seq, arg_min(op, idx) AS first_op,
            count(*) AS n, sum(count)::BIGINT AS count, sum(bytes_in)::BIGINT AS bytes_in,
            sum(bytes_out)::BIGINT AS bytes_out, arg_min(dtype, idx) AS dtype, arg_min(peer, idx) AS peer,
            arg_min(t_start_ns, idx) AS t_start_ns, arg_min(t_disc, idx) AS t_disc, bool_and(done) AS done,
            arg_min(gpu_duration_ns, idx) AS gpu_duration_ns, arg_min(backend, idx) AS backend
-    FROM numbered
-    GROUP BY CASE WHEN p2p THEN idx END, CASE WHEN NOT p2p THEN pg END, CASE WHEN NOT p2p THEN seq END
+    FROM collectives c SEMI JOIN shared USING (pg, seq)
+    GROUP BY pg, seq
+),
+every AS (
+    SELECT idx, pg, pg_desc, pg_size, seq, first_op, n, count, bytes_in, bytes_out, dtype, peer, t_start_ns,
+           t_disc, done, gpu_duration_ns, backend FROM p2p
+    UNION ALL BY NAME
+    SELECT idx, pg, pg_desc, pg_size, seq, first_op, n, count, bytes_in, bytes_out, dtype, peer, t_start_ns,
+           t_disc, done, gpu_duration_ns, backend FROM alone
+    UNION ALL BY NAME
+    SELECT * FROM merged
 )
 SELECT {rank}::INTEGER AS rank, pg, pg_desc, pg_size::INTEGER AS pg_size, seq,
        CASE WHEN n > 1 THEN {coalesced} ELSE first_op END AS op,
@@ -135,8 +148,7 @@ SELECT {rank}::INTEGER AS rank, pg, pg_desc, pg_size::INTEGER AS pg_size, seq,
        CASE WHEN done THEN 'ok' ELSE 'in_flight' END AS status, NULL::BOOLEAN AS async_op, n > 1 AS coalesced,
        NULL::VARCHAR AS api, backend, CASE WHEN backend = 'nccl' THEN 'cuda' END AS device, NULL::BIGINT AS step,
        idx
-FROM merged
-ORDER BY idx
+FROM every
 """
 
 
@@ -165,13 +177,15 @@ def rank_table(rank: int, dump: dict, groups: dict[str, list[int]], stats: frent
             dtype_in=_sql_map(NAMES, "input_dtypes[1]", "input_dtypes[1]"),
             dtype_out=_sql_map(NAMES, "output_dtypes[1]", "output_dtypes[1]"),
         )
-        events = con.sql(sql).to_arrow_table()
+        con.execute(f"CREATE TABLE events AS {sql}")
+        events = con.sql("SELECT * FROM events ORDER BY idx").to_arrow_table()
         _count(con, stats, dump)
+        _groups(con, stats)
     except duckdb.Error as exc:
         raise Unusual(str(exc).splitlines()[0][:200]) from None
     finally:
         con.close()
-    return _finish(events, entries, stats)
+    return _finish(events, entries)
 
 
 def _count(con, stats: frentries.Stats, dump: dict) -> None:
@@ -201,16 +215,24 @@ def _count(con, stats: frentries.Stats, dump: dict) -> None:
     stats.versions.add(str(dump.get("version"))[:32])
 
 
-def _finish(events: pa.Table, entries: list, stats: frentries.Stats) -> tuple[pa.Table, list]:
-    pgs, descs, seqs, ops, statuses = (events[c].to_pylist() for c in ("pg", "pg_desc", "seq", "op", "status"))
+def _groups(con, stats: frentries.Stats) -> None:
+    """Each group's description and its oldest collective's seq in this dump."""
+    rows = con.execute("""
+        SELECT pg, arg_min(pg_desc, idx), min(seq) FILTER (WHERE op NOT IN ('send', 'recv'))
+        FROM events GROUP BY pg
+    """).fetchall()
+    for pg, desc, seq in rows:
+        stats.descs.setdefault(pg, desc)
+        if seq is not None:
+            stats.oldest[pg] = min(seq, stats.oldest.get(pg, seq))
+
+
+def _finish(events: pa.Table, entries: list) -> tuple[pa.Table, list]:
     stacks = []
-    for i, pg in enumerate(pgs):
-        stats.descs.setdefault(pg, descs[i])
-        if ops[i] not in ("send", "recv") and seqs[i] < stats.oldest.get(pg, seqs[i] + 1):
-            stats.oldest[pg] = seqs[i]
-        if statuses[i] != "ok" and len(stacks) < 16:
-            entry = entries[events["idx"][i].as_py()]
-            stacks.append({"pg": pg, "seq": seqs[i], "op": ops[i], "frames": frentries.frames(entry.get("frames"))})
+    for event in events.filter(pc.not_equal(events["status"], "ok")).slice(0, 16).to_pylist():
+        entry = entries[event["idx"]]
+        stacks.append({"pg": event["pg"], "seq": event["seq"], "op": event["op"],
+                       "frames": frentries.frames(entry.get("frames"))})  # fmt: skip
     table = events.drop_columns(["idx"])
     arrays = [
         table[name].cast(kind).dictionary_encode() if name in importing.DICTIONARY else table[name].cast(kind)

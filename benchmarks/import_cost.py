@@ -5,7 +5,8 @@ as torch 2.13 writes one for NCCL: sizes, dtypes, watchdog times, three stack fr
 it under ``--ranks`` rank names (the ranks agree: a healthy run). Then, alternated ``--repeats``
 times, in fresh processes: ``analyze-trace import fr`` of those dumps (wall time, the largest
 process's peak RSS and the sum over processes), and ``analyze-trace summary`` and
-``analyze-trace diagnose`` of the imported run: reading the same events from commtrace's segments.
+``analyze-trace diagnose`` of the imported run: reading the same events from commtrace's segments;
+and, as the floor, only decoding the dumps (the least any import of them costs in Python).
 Prints one JSON line.
 
     python benchmarks/import_cost.py [--ranks 64] [--entries 1000000] [--repeats 1]
@@ -53,6 +54,18 @@ def write_dump(path: str, entries: int) -> int:
         fh.write(data)
     return len(data)
 
+
+# Only decodes every dump (the refusing unpickler, collector off), one process per core as the
+# import does: the least any import of these dumps costs in Python.
+_DECODE = (
+    "import concurrent.futures, gc, os, sys; from analysis import safepickle\n"
+    "def load(path):\n"
+    "    gc.disable()\n"
+    "    with open(path, 'rb') as fh:\n"
+    "        return len(safepickle.load(fh)['entries'])\n"
+    "with concurrent.futures.ProcessPoolExecutor(os.cpu_count()) as pool:\n"
+    "    print(sum(pool.map(load, sys.argv[1:])))\n"
+)
 
 # Runs a command and prints the peak RSS (KiB) of the largest of its processes, pool workers included.
 _WRAP = (
@@ -111,9 +124,11 @@ def main() -> None:
             os.link(os.path.join(dumps, "nccl_trace_rank_0"), os.path.join(dumps, f"nccl_trace_rank_{rank}"))
         print(f"dumps written in {time.monotonic() - started:.0f} s", file=sys.stderr)
         cli = [sys.executable, "-m", "analysis.cli"]
-        results: dict[str, list] = {"import": [], "summary": [], "diagnose": []}
+        results: dict[str, list] = {"decode only": [], "import": [], "summary": [], "diagnose": []}
+        files = sorted(os.path.join(dumps, name) for name in os.listdir(dumps))
         for i in range(args.repeats):
             run = os.path.join(work, f"run{i}")
+            results["decode only"].append(timed([sys.executable, "-c", _DECODE, *files]))
             results["import"].append(timed([*cli, "import", "fr", dumps, "-o", run]))
             results["summary"].append(timed([*cli, "summary", run]))
             results["diagnose"].append(timed([*cli, "diagnose", run]))
@@ -128,6 +143,7 @@ def main() -> None:
                 "all_processes_mib": max(v[2] for v in values),
             }
         out["import_vs_summary"] = round(out["import"]["wall_s"] / out["summary"]["wall_s"], 2)
+        out["import_vs_decode_only"] = round(out["import"]["wall_s"] / out["decode only"]["wall_s"], 2)
         out["import_vs_diagnose"] = round(out["import"]["wall_s"] / out["diagnose"]["wall_s"], 2)
         print(json.dumps(out))
     finally:
